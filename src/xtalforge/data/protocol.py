@@ -1,0 +1,126 @@
+"""The benchmark protocol, written once and enforced.
+
+No train split of any benchmark is available here, so models and template libraries are built from **val** splits
+and results are reported on the visible **test** split. Pooling is allowed (every benchmark's val split), except a
+structure whose ``material_id`` is in the test split being reported (MP-20 and MPTS-52 share MP ids) and, for
+Carbon-24, any other pure-carbon structure. :func:`check_no_leak` refuses a set that breaks this rule.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xtalforge.data.dataset import CrystalDataset, load_csv
+from xtalforge.errors import ProtocolError, XtalforgeError
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One CSP benchmark: its folder under the data root and what its entries hold.
+
+    Attributes:
+        name: key used on the command line.
+        folder: sub-folder of the data root.
+        energy_column: per-atom energy label used by energy models (eV/atom), if the data has one.
+        max_atoms: largest cell in the benchmark.
+        step_lr: corrector step size of the predictor-corrector sampler (reference §2).
+    """
+
+    name: str
+    folder: str
+    energy_column: str | None
+    max_atoms: int
+    step_lr: float
+    train_split: str = "val"
+    test_split: str = "test"
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark("perov_5", "perov_5", "heat_ref", 5, 5e-7),
+        Benchmark("carbon_24", "carbon_24", "energy_per_atom", 24, 5e-6),
+        Benchmark("mp_20_biternary", "mp_20_biternary", "formation_energy_per_atom", 20, 1e-5),
+        Benchmark("mpts_52", "mpts_52", "formation_energy_per_atom", 52, 1e-5),
+    ]
+}
+
+
+def data_root() -> Path:
+    """The shared data folder: ``$XTALFORGE_DATA``, else the nearest ``shared/data`` above the working directory
+    or the package."""
+    env = os.environ.get("XTALFORGE_DATA")
+    if env:
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for parent in [start, *start.parents]:
+            for candidate in (parent / "shared" / "data", parent / "data"):
+                if (candidate / "MANIFEST.json").is_file():
+                    return candidate
+    raise XtalforgeError("benchmark data not found: set XTALFORGE_DATA to the folder holding perov_5/, mpts_52/, ...")
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise XtalforgeError(f"unknown benchmark '{name}' (choose from {', '.join(BENCHMARKS)})")
+    return BENCHMARKS[name]
+
+
+def split_path(benchmark: str, split: str) -> Path:
+    b = get_benchmark(benchmark)
+    return data_root() / b.folder / f"{split}.csv.gz"
+
+
+def load_split(benchmark: str, split: str) -> CrystalDataset:
+    """Rows of one split (``val`` or ``test``) of a benchmark."""
+    path = split_path(benchmark, split)
+    if not path.is_file():
+        raise XtalforgeError(f"{benchmark} has no '{split}' split at {path}")
+    return load_csv(path)
+
+
+def training_set(benchmark: str, pooled: bool = False) -> CrystalDataset:
+    """The data a model or template library may use when ``benchmark``'s test split is reported.
+
+    ``pooled=False``: the benchmark's own val split. ``pooled=True``: the val splits of all benchmarks, less any
+    row that the protocol forbids. Either way the result passes :func:`check_no_leak`.
+    """
+    b = get_benchmark(benchmark)
+    own = load_split(benchmark, b.train_split)
+    if pooled:
+        test_ids = set(load_split(benchmark, b.test_split).ids)
+        parts = [own]
+        for other in BENCHMARKS.values():
+            if other.name == benchmark:
+                continue
+            data = load_split(other.name, other.train_split)
+            keep = [i for i, mid in enumerate(data.ids) if mid not in test_ids and not (
+                benchmark == "carbon_24" and set(data.atoms_of(i).tolist()) == {6})]
+            parts.append(data.subset(keep))
+        own = CrystalDataset.concat(parts, source=f"pooled val splits for {benchmark}")
+    check_no_leak(own, benchmark)
+    return own
+
+
+def check_no_leak(train: CrystalDataset | list[str], benchmark: str) -> None:
+    """Raise :class:`ProtocolError` if ``train`` holds a ``material_id`` of ``benchmark``'s test split."""
+    b = get_benchmark(benchmark)
+    train_ids = set(train.ids if isinstance(train, CrystalDataset) else map(str, train))
+    test_ids = set(load_split(benchmark, b.test_split).ids)
+    leaked = sorted(train_ids & test_ids)
+    if leaked:
+        raise ProtocolError(
+            f"training/template set holds {len(leaked)} material_id(s) of the {benchmark} test split "
+            f"(e.g. {', '.join(leaked[:3])}); the protocol forbids this"
+        )
+
+
+def sample_indices(n_total: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """A reproducible random sample of ``limit`` row indices (all rows, in order, when ``limit`` is None)."""
+    if limit is None or limit >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=limit, replace=False))

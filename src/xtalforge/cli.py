@@ -1,0 +1,166 @@
+"""The ``xtalforge`` command line: predict, evaluate, relax, train, datasets.
+
+Every user error becomes one line on stderr naming the problem and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from xtalforge.errors import XtalforgeError
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device for neural methods: cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import xtalforge
+
+    parser = argparse.ArgumentParser(prog="xtalforge", description="Crystal structure prediction on a laptop CPU.")
+    parser.add_argument("--version", action="version", version=f"xtalforge {xtalforge.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="ranked candidate structures for a formula, written as CIF files")
+    p.add_argument("formula", help="e.g. CsV3Sb5 (reduced: Z is enumerated) or Ga4Te4 (exact cell)")
+    p.add_argument("--n", type=int, default=20, help="number of candidates (default 20)")
+    p.add_argument("--method", default="auto", help="auto (best measured pipeline), template, dao-g, ...")
+    p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax candidates with CHGNet")
+    p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
+    p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+
+    p = sub.add_parser("evaluate", help="CSP match rate / RMSE of a method on a benchmark or CSV test set")
+    p.add_argument("--data", required=True, help="benchmark name (see `xtalforge datasets`) or a CSV with a cif column")
+    p.add_argument("--method", default="template")
+    p.add_argument("--k", default="1,20", help="comma-separated k values (default 1,20)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a reproducible random sample of N entries")
+    p.add_argument("--library", default="pooled", choices=["pooled", "own"],
+                   help="template library / training data: pooled val splits (default) or the benchmark's own val")
+    p.add_argument("--out", default=None, help="report JSON path (default results/<data>_<method>/report.json)")
+    p.add_argument("--workers", type=int, default=None, help="matching processes (default: all cores)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per structure pair before giving up")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+
+    p = sub.add_parser("relax", help="relax a structure with a universal potential")
+    p.add_argument("file", help="CIF, POSCAR or extxyz file")
+    p.add_argument("--potential", default="chgnet", choices=["chgnet"])
+    p.add_argument("--fmax", type=float, default=0.1, help="force tolerance in eV/A")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--out", default=None, help="relaxed structure file (default <file>_relaxed.cif)")
+
+    p = sub.add_parser("train", help="train a model (e.g. `xtalforge train dao-g --data mp_20_biternary`)")
+    p.add_argument("model", choices=["dao-g"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the model's training script")
+
+    sub.add_parser("datasets", help="list the benchmark data sets and the protocol")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return {"predict": cmd_predict, "evaluate": cmd_evaluate, "relax": cmd_relax, "train": cmd_train,
+                "datasets": cmd_datasets}[args.command](args)
+    except XtalforgeError as exc:
+        print(f"xtalforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xtalforge: interrupted (finished results are kept; rerun to resume)", file=sys.stderr)
+        return 130
+
+
+def cmd_predict(args) -> int:
+    from xtalforge.predict import predict, write_candidates
+
+    t0 = time.perf_counter()
+    kwargs = {} if args.steps is None else {"steps": args.steps}
+    candidates = predict(args.formula, n=args.n, method=args.method, relax=args.relax, seed=args.seed, z=args.z,
+                         device=args.device, **kwargs)
+    out = Path(args.out or f"xtalforge_{args.formula}")
+    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    write_candidates(candidates, out, settings)
+    from xtalforge.predict import format_table
+
+    print(format_table(candidates))
+    print(f"\n{len(candidates)} candidates written to {out}/ in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from xtalforge.data import BENCHMARKS, load_csv, load_split, training_set
+    from xtalforge.evaluation import evaluate_csp, markdown_table
+    from xtalforge.methods import get_method
+
+    ks = tuple(int(k) for k in args.k.split(","))
+    if args.data in BENCHMARKS:
+        test = load_split(args.data, "test")
+        library = training_set(args.data, pooled=args.library == "pooled")
+    else:
+        test = load_csv(args.data)
+        library = None
+    kwargs: dict = {}
+    if args.method != "template":
+        kwargs["device"] = args.device
+        if args.steps is not None:
+            kwargs["steps"] = args.steps
+    if library is not None and args.method in ("template", "template+dao-g"):
+        from xtalforge.templates import TemplateLibrary
+
+        kwargs["library"] = TemplateLibrary.from_dataset(library)
+    method = get_method(args.method, **kwargs)
+    out = Path(args.out) if args.out else Path("results") / f"{Path(args.data).name}_{args.method}" / "report.json"
+    report = evaluate_csp(method, test, ks=ks, out_dir=out.parent, limit=args.limit, seed=args.seed,
+                          workers=args.workers, scheduler=args.scheduler, library=library, timeout=args.timeout)
+    print(markdown_table(report))
+    print(f"\nreport written to {out.parent}")
+    return 0
+
+
+def cmd_relax(args) -> int:
+    from xtalforge.crystal import Crystal
+    from xtalforge.relax import relax
+
+    crystal = Crystal.read(args.file)
+    relaxed, trajectory = relax(crystal, potential=args.potential, fmax=args.fmax, steps=args.steps)
+    out = Path(args.out or Path(args.file).with_suffix("").as_posix() + "_relaxed.cif")
+    relaxed.write(out)
+    print(f"energy {trajectory[0]:.4f} -> {trajectory[-1]:.4f} eV/atom in {len(trajectory) - 1} steps; wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from xtalforge.training.train import train_main
+
+    return int(train_main(args.rest) or 0)
+
+
+def cmd_datasets(args) -> int:
+    from xtalforge.data.protocol import BENCHMARKS, data_root, split_path
+
+    root = data_root()
+    print(f"data root: {root}\nprotocol: models and template libraries train on val; results are reported on test\n")
+    print("| benchmark | train (val) file | test file | max atoms |")
+    print("|---|---|---|---|")
+    for b in BENCHMARKS.values():
+        tr, te = split_path(b.name, b.train_split), split_path(b.name, b.test_split)
+        ok = lambda p: p.name if p.is_file() else "missing"  # noqa: E731
+        print(f"| {b.name} | {ok(tr)} | {ok(te)} | {b.max_atoms} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

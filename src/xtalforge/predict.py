@@ -1,0 +1,168 @@
+"""``xtalforge.predict``: from a formula to ranked, optionally relaxed candidate structures.
+
+This is the main job of the package; the CLI's ``xtalforge predict`` is a thin shell around :func:`predict` and
+:func:`write_candidates`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xtalforge.composition import Target
+from xtalforge.crystal import Crystal, atomic_write_text
+from xtalforge.errors import XtalforgeError
+
+#: What ``method="auto"`` runs: the pipeline that measured best on the benchmarks (see README, bench/results).
+DEFAULT_METHOD = "template"
+
+
+@dataclass
+class Candidate:
+    """One predicted structure.
+
+    Attributes:
+        rank: 1 = best.
+        crystal: the structure as a :class:`~xtalforge.crystal.Crystal`.
+        score: the method's ranking score (higher is better).
+        energy_per_atom: CHGNet energy in eV/atom when the candidate was relaxed, else None.
+        info: method-specific provenance (template id, sampler steps, ...).
+    """
+
+    rank: int
+    crystal: Crystal
+    score: float
+    energy_per_atom: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def structure(self):
+        """The candidate as a pymatgen ``Structure``."""
+        return self.crystal.to_structure()
+
+    @property
+    def formula(self) -> str:
+        return self.crystal.formula
+
+    @property
+    def spacegroup(self) -> str:
+        """Space group symbol and number found by spglib (symprec 0.1 A)."""
+        try:
+            from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+            sga = SpacegroupAnalyzer(self.structure, symprec=0.1)
+            return f"{sga.get_space_group_symbol()} ({sga.get_space_group_number()})"
+        except Exception:  # spglib fails on some generated cells; P1 is the honest answer then
+            return "P1 (1)"
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "formula": self.formula,
+            "natoms": self.crystal.num_atoms,
+            "spacegroup": self.spacegroup,
+            "volume_A3": round(self.crystal.volume, 3),
+            "energy_eV_per_atom": None if self.energy_per_atom is None else round(self.energy_per_atom, 4),
+            "score": round(self.score, 4),
+        }
+
+
+def predict(
+    formula: str,
+    n: int = 20,
+    method: str = "auto",
+    relax: str = "none",
+    seed: int = 0,
+    z: int | None = None,
+    device: str = "cpu",
+    **method_kwargs: Any,
+) -> list[Candidate]:
+    """Ranked candidate crystal structures for a composition.
+
+    Args:
+        formula: ``Ga4Te4`` (exact cell) or a reduced formula such as ``GaTe`` / ``CsV3Sb5`` (Z is enumerated).
+        n: number of candidates returned.
+        method: ``auto`` (the best measured pipeline), ``template``, ``dao-g``, ... (see ``xtalforge.methods``).
+        relax: ``none`` or ``chgnet`` (relax every candidate with CHGNet and re-rank by energy per atom).
+        seed: random seed of stochastic methods.
+        z: formula units per cell, fixing the cell of a reduced formula.
+        device: torch device of neural methods (``cpu`` or ``cuda``).
+    """
+    from xtalforge.methods import get_method
+
+    if n < 1:
+        raise XtalforgeError(f"n must be at least 1, got {n}")
+    if relax not in ("none", "chgnet"):
+        raise XtalforgeError(f"unknown relaxation '{relax}' (choose none or chgnet)")
+    target = Target.parse(formula, z=z)
+    name = DEFAULT_METHOD if method == "auto" else method
+    kwargs = dict(method_kwargs)
+    if name != "template":
+        kwargs.setdefault("device", device)
+    impl = get_method(name, **kwargs)
+    crystals = impl.predict_target(target, n, seed=seed)
+    if not crystals:
+        raise XtalforgeError(f"method '{name}' found no candidate for {formula}")
+    energies: list[float | None] = [None] * len(crystals)
+    if relax == "chgnet":
+        from xtalforge.relax import relax as relax_one
+
+        relaxed = [relax_one(c, potential="chgnet")[0] for c in crystals]
+        energies = [float(c.properties["energy_per_atom"]) for c in relaxed]
+        for c, old in zip(relaxed, crystals):
+            c.properties = {**old.properties, **c.properties}
+        order = sorted(range(len(relaxed)), key=lambda i: energies[i])
+        crystals, energies = [relaxed[i] for i in order], [energies[i] for i in order]
+    out = []
+    for rank, (c, e) in enumerate(zip(crystals, energies), start=1):
+        info = {k: v for k, v in c.properties.items() if k not in ("score", "energy_per_atom")}
+        info["method"] = name
+        out.append(Candidate(rank, c, float(c.properties.get("score", 0.0)), e, info))
+    return out
+
+
+def format_table(candidates: list[Candidate]) -> str:
+    """A markdown table of the candidates (rank, formula, space group, volume, energy)."""
+    rows = [c.row() for c in candidates]
+    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "score"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join("-" if r[h] is None else str(r[h]) for h in head) + " |")
+    return "\n".join(lines)
+
+
+def write_candidates(candidates: list[Candidate], out_dir: str | os.PathLike, settings: dict[str, Any]) -> Path:
+    """Write ranked CIFs, ``summary.md``, ``summary.csv`` and ``run.json`` (settings, version) to ``out_dir``.
+
+    Files are assembled in a temporary folder and moved into place, so an interrupted run leaves no partial output.
+    """
+    import xtalforge
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        rows = []
+        for c in candidates:
+            name = f"{c.rank:02d}_{c.formula}.cif"
+            atomic_write_text(tmp / name, c.crystal.to_cif_string())
+            rows.append({**c.row(), "file": name})
+        atomic_write_text(tmp / "summary.md", format_table(candidates) + "\n")
+        import pandas as pd
+
+        atomic_write_text(tmp / "summary.csv", pd.DataFrame(rows).to_csv(index=False))
+        meta = {"xtalforge_version": xtalforge.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "settings": settings, "candidates": rows}
+        atomic_write_text(tmp / "run.json", json.dumps(meta, indent=2, default=str))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

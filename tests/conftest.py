@@ -1,0 +1,25 @@
+"""Shared fixtures: small real crystals built in code, so most tests need no data files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xtalforge.crystal import Crystal
+
+
+@pytest.fixture
+def nacl() -> Crystal:
+    """Rock-salt NaCl, conventional cell (8 atoms, a = 5.64 A)."""
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return Crystal.from_structure(s)
+
+
+@pytest.fixture
+def triclinic() -> Crystal:
+    """A low-symmetry 5-atom cell with random coordinates (no special positions)."""
+    rng = np.random.default_rng(0)
+    lattice = np.array([[4.1, 0.2, 0.1], [0.5, 5.2, 0.3], [0.4, 0.7, 6.3]])
+    return Crystal(lattice, rng.uniform(size=(5, 3)), [8, 8, 22, 38, 8])

@@ -83,7 +83,10 @@ class CrystalDataset:
         indices = np.asarray(indices, dtype=np.int64)
         counts = self.num_atoms[indices]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        atom_idx = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]) if len(indices) else np.zeros(0, np.int64)
+        # atom rows of the kept crystals, vectorised: start of each crystal repeated, plus a running index within it
+        starts = np.repeat(self.offsets[indices], counts)
+        within = np.arange(int(counts.sum())) - np.repeat(offsets[:-1], counts)
+        atom_idx = starts + within
         return CrystalDataset(
             self.lattices[indices],
             self.frac_coords[atom_idx],
@@ -114,7 +117,8 @@ class CrystalDataset:
         )
 
     @classmethod
-    def from_crystals(cls, crystals: list[Crystal], meta: pd.DataFrame | None = None, source: str = "") -> CrystalDataset:
+    def from_crystals(cls, crystals: list[Crystal], meta: pd.DataFrame | None = None,
+                      source: str = "") -> CrystalDataset:
         counts = [c.num_atoms for c in crystals]
         return cls(
             np.stack([c.lattice for c in crystals]) if crystals else np.zeros((0, 3, 3)),

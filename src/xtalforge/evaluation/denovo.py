@@ -1,0 +1,182 @@
+"""De novo generation metrics with CDVAE / DiffCSP definitions (reference §5).
+
+* structural validity: every periodic interatomic distance at least 0.5 Angstrom (and cell volume >= 0.1 A^3);
+* compositional validity: SMACT charge neutrality plus the Pauling electronegativity test, pure elements and
+  all-metal alloys valid (SMACT's ``smact_validity`` with the original 2014 oxidation-state list that CDVAE used);
+* COV-R / COV-P: a reference crystal is recalled if some generated crystal is within ``struct_cutoff`` in structure
+  fingerprint and some generated crystal within ``comp_cutoff`` in normalised composition fingerprint (CDVAE takes
+  the two minima separately); precision symmetrically over generated crystals, divided by all generated crystals;
+* Wasserstein distances (scipy) of density (g/cm^3) and number of distinct elements, valid samples against the
+  reference.
+
+The fingerprints are in :mod:`xtalforge.evaluation.fingerprints`; its docstring says how they differ from matminer's
+(the composition cut-off is not on CDVAE's scale).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from xtalforge.crystal import Crystal
+from xtalforge.evaluation.matching import structure_is_valid
+
+
+def structure_validity(crystal: Crystal, cutoff: float = 0.5) -> bool:
+    """True if all periodic pair distances are >= ``cutoff`` Angstrom (pymatgen's distance matrix) and the cell
+    volume is >= 0.1 A^3."""
+    return structure_is_valid(crystal.lattice, crystal.frac_coords, cutoff)
+
+
+def smact_validity(
+    numbers: Sequence[int] | np.ndarray,
+    use_pauling_test: bool = True,
+    include_alloys: bool = True,
+    oxidation_states_set: str = "smact14",
+) -> bool:
+    """SMACT charge-neutrality + electronegativity screen of a composition given as atomic numbers.
+
+    ``oxidation_states_set="smact14"`` is the list SMACT shipped when CDVAE defined the metric; newer SMACT
+    defaults to ICSD-2024 states ("icsd24"), which changes some verdicts.
+    """
+    from pymatgen.core import Composition, Element
+    from smact.screening import smact_validity as _smact_validity
+
+    counts = Counter(int(z) for z in numbers)
+    composition = Composition({Element.from_Z(z): c for z, c in counts.items()})
+    try:
+        verdict = _smact_validity(composition, use_pauling_test=use_pauling_test, include_alloys=include_alloys,
+                                  oxidation_states_set=oxidation_states_set)
+    except TypeError:  # SMACT before the oxidation-state sets: its only list was the 2014 one
+        verdict = _smact_validity(composition, use_pauling_test=use_pauling_test, include_alloys=include_alloys)
+    return bool(verdict)
+
+
+def density(crystal: Crystal) -> float:
+    """Mass density in g/cm^3."""
+    return float(crystal.to_structure().density)
+
+
+def _fingerprints(crystal: Crystal) -> tuple[np.ndarray | None, np.ndarray]:
+    from xtalforge.evaluation.fingerprints import composition_fingerprint, structure_fingerprint
+
+    try:
+        struct_fp = structure_fingerprint(crystal)
+    except Exception:  # CDVAE counts a crystal whose fingerprint cannot be built as invalid
+        struct_fp = None
+    return struct_fp, composition_fingerprint(crystal.numbers)
+
+
+def fingerprints(crystals: Sequence[Crystal], workers: int = 1) -> list[tuple[np.ndarray | None, np.ndarray]]:
+    """(structure, composition) fingerprints of each crystal (structure None where CrystalNN failed)."""
+    if workers > 1 and len(crystals) > 8:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_fingerprints, crystals, chunksize=8))
+    return [_fingerprints(c) for c in crystals]
+
+
+def coverage(
+    gen_struct: np.ndarray,
+    gen_comp: np.ndarray,
+    ref_struct: np.ndarray,
+    ref_comp: np.ndarray,
+    struct_cutoff: float,
+    comp_cutoff: float,
+    n_generated: int | None = None,
+) -> dict[str, float]:
+    """COV-R and COV-P in percent (CDVAE's definition).
+
+    Args:
+        gen_struct, gen_comp: (G, Ds), (G, Dc) fingerprints of the generated crystals that have them (composition
+            fingerprints already normalised).
+        ref_struct, ref_comp: (R, Ds), (R, Dc) reference fingerprints (same normalisation).
+        struct_cutoff, comp_cutoff: distance thresholds (CDVAE: 0.4 / 10 MP-20, 0.2 / 4 Carbon-24 and Perov-5).
+        n_generated: denominator of COV-P (all generated crystals, including those without fingerprints).
+    """
+    from scipy.spatial.distance import cdist
+
+    n_generated = len(gen_struct) if n_generated is None else n_generated
+    if len(gen_struct) == 0 or len(ref_struct) == 0:
+        return {"cov_recall": 0.0, "cov_precision": 0.0}
+    struct_d = cdist(gen_struct, ref_struct)
+    comp_d = cdist(gen_comp, ref_comp)
+    recall = np.logical_and(struct_d.min(axis=0) <= struct_cutoff, comp_d.min(axis=0) <= comp_cutoff)
+    precision = np.logical_and(struct_d.min(axis=1) <= struct_cutoff, comp_d.min(axis=1) <= comp_cutoff)
+    return {
+        "cov_recall": 100.0 * float(recall.mean()),
+        "cov_precision": 100.0 * float(precision.sum()) / max(1, n_generated),
+    }
+
+
+def evaluate_denovo(
+    generated: Sequence[Crystal],
+    reference: Sequence[Crystal],
+    struct_cutoff: float = 0.4,
+    comp_cutoff: float = 10.0,
+    n_property_samples: int = 1000,
+    seed: int = 0,
+    workers: int = 1,
+) -> dict:
+    """Validity, coverage and property-distribution distances of generated crystals against a reference set.
+
+    Args:
+        generated: sampled crystals (CDVAE uses 10,000).
+        reference: test-set crystals.
+        struct_cutoff, comp_cutoff: coverage thresholds (defaults: CDVAE's MP-20 values; see :func:`coverage`).
+        n_property_samples: valid generated crystals drawn (seeded) for the Wasserstein distances (CDVAE: 1,000);
+            all valid ones are used if there are fewer, and the number used is reported.
+        workers: processes for the fingerprints (CrystalNN costs tens of ms per site).
+
+    Returns percentages for validity and coverage, Wasserstein distances (density in g/cm^3, element counts), and
+    the counts behind them.
+    """
+    from scipy.stats import wasserstein_distance
+
+    comp_valid = np.array([smact_validity(c.numbers) for c in generated], dtype=bool)
+    struct_valid = np.array([structure_validity(c) for c in generated], dtype=bool)
+    gen_fps = fingerprints(generated, workers)
+    ref_fps = fingerprints(reference, workers)
+    has_fp = np.array([s is not None for s, _ in gen_fps], dtype=bool)
+    valid = comp_valid & struct_valid & has_fp
+
+    ref_ok = [(s, c) for s, c in ref_fps if s is not None]
+    ref_struct = np.array([s for s, _ in ref_ok])
+    ref_comp = np.array([c for _, c in ref_ok])
+    # composition fingerprints are standardised with the reference statistics (CDVAE: fixed MP-20 training stats)
+    mean = ref_comp.mean(axis=0)
+    std = ref_comp.std(axis=0)
+    std[std == 0] = 1.0
+    gen_struct = np.array([s for s, _ in gen_fps if s is not None])
+    gen_comp = np.array([c for s, c in gen_fps if s is not None])
+    cov = coverage(
+        gen_struct, (gen_comp - mean) / std if len(gen_comp) else gen_comp, ref_struct, (ref_comp - mean) / std,
+        struct_cutoff, comp_cutoff, n_generated=len(generated),
+    )
+
+    valid_idx = np.nonzero(valid)[0]
+    if len(valid_idx) > n_property_samples:
+        valid_idx = np.sort(np.random.default_rng(seed).choice(valid_idx, n_property_samples, replace=False))
+    samples = [generated[i] for i in valid_idx]
+    wdist_density = wdist_elements = None
+    if samples:
+        wdist_density = float(wasserstein_distance([density(c) for c in samples], [density(c) for c in reference]))
+        wdist_elements = float(wasserstein_distance(
+            [len(set(c.numbers.tolist())) for c in samples], [len(set(c.numbers.tolist())) for c in reference]
+        ))
+    n = max(1, len(generated))
+    return {
+        "n_generated": len(generated),
+        "n_reference": len(reference),
+        "comp_valid": 100.0 * comp_valid.sum() / n,
+        "struct_valid": 100.0 * struct_valid.sum() / n,
+        "valid": 100.0 * valid.sum() / n,
+        **cov,
+        "wdist_density": wdist_density,
+        "wdist_num_elems": wdist_elements,
+        "n_property_samples": len(samples),
+        "settings": {"struct_cutoff": struct_cutoff, "comp_cutoff": comp_cutoff, "distance_cutoff_A": 0.5,
+                     "smact_oxidation_states": "smact14", "seed": seed},
+    }

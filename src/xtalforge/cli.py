@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--out", default=None, help="relaxed structure file (default <file>_relaxed.cif)")
 
+    p = sub.add_parser("property", help="predict a property of a structure with a shipped DAO-P head")
+    p.add_argument("file", nargs="+", help="CIF, POSCAR or extxyz file(s)")
+    p.add_argument("--property", required=True, help="formation_energy, band_gap, ... (see --list)")
+
     p = sub.add_parser("train", help="train a model (e.g. `xtalforge train dao-g --data mp_20_biternary`)")
     p.add_argument("model", choices=["dao-g"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the model's training script")
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return {"predict": cmd_predict, "evaluate": cmd_evaluate, "relax": cmd_relax, "train": cmd_train,
+        return {"predict": cmd_predict, "evaluate": cmd_evaluate, "relax": cmd_relax, "property": cmd_property,
+                "train": cmd_train,
                 "datasets": cmd_datasets}[args.command](args)
     except XtalforgeError as exc:
         print(f"xtalforge: error: {exc}", file=sys.stderr)
@@ -131,14 +136,28 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_relax(args) -> int:
-    from xtalforge.crystal import Crystal
+    from xtalforge.crystal import Crystal, atomic_write_text
     from xtalforge.relax import relax
 
     crystal = Crystal.read(args.file)
-    relaxed, trajectory = relax(crystal, potential=args.potential, fmax=args.fmax, steps=args.steps)
+    result = relax(crystal, potential=args.potential, fmax=args.fmax, steps=args.steps)
     out = Path(args.out or Path(args.file).with_suffix("").as_posix() + "_relaxed.cif")
-    relaxed.write(out)
-    print(f"energy {trajectory[0]:.4f} -> {trajectory[-1]:.4f} eV/atom in {len(trajectory) - 1} steps; wrote {out}")
+    energies_csv = out.with_suffix(".energies.csv")
+    atomic_write_text(energies_csv, "step,energy_eV_per_atom\n" + "".join(
+        f"{i},{e:.6f}\n" for i, e in enumerate(result.energies)))
+    result.crystal.write(out)
+    state = "converged" if result.converged else "NOT converged"
+    print(f"energy {result.energies[0]:.4f} -> {result.energies[-1]:.4f} eV/atom in {result.steps} steps ({state}); "
+          f"wrote {out} and {energies_csv}")
+    return 0
+
+
+def cmd_property(args) -> int:
+    from xtalforge.properties import PROPERTIES, predict_property
+
+    for f in args.file:
+        value = predict_property(f, args.property)
+        print(f"{f}\t{args.property}\t{value:.4f} {PROPERTIES[args.property].unit}")
     return 0
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,20 @@ def predict(
         raise XtalforgeError(f"method '{name}' found no candidate for {formula}")
     energies: list[float | None] = [None] * len(crystals)
     if relax == "chgnet":
+        from tqdm.auto import tqdm
+
+        from xtalforge.errors import StructureError
         from xtalforge.relax import relax as relax_one
 
-        relaxed = [relax_one(c, potential="chgnet")[0] for c in crystals]
+        relaxed = []
+        for c in tqdm(crystals, desc="relaxing (CHGNet)", unit="structure", disable=None):
+            try:
+                relaxed.append(relax_one(c, potential="chgnet").crystal)
+            except StructureError as exc:  # one unrelaxable candidate (e.g. overlapping atoms) is dropped, not fatal
+                warnings.warn(f"dropped a candidate: {exc}", stacklevel=2)
+        if not relaxed:
+            raise XtalforgeError(f"CHGNet could relax none of the candidates for {formula}")
         energies = [float(c.properties["energy_per_atom"]) for c in relaxed]
-        for c, old in zip(relaxed, crystals):
-            c.properties = {**old.properties, **c.properties}
         order = sorted(range(len(relaxed)), key=lambda i: energies[i])
         crystals, energies = [relaxed[i] for i in order], [energies[i] for i in order]
     out = []

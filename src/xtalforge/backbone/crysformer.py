@@ -32,7 +32,7 @@ class CrysformerConfig:
         hidden: node channels H.
         layers: transformer blocks.
         heads: attention heads (hidden must be divisible by heads).
-        n_freq: Fourier frequencies k = 1..n_freq of the fractional differences (2 * n_freq edge features).
+        n_freq: Fourier frequencies k = 1..n_freq per axis of the fractional differences (6 * n_freq edge features).
         time_dim: width of the sinusoidal time embedding.
         edge_per_layer: a separate edge projection per block (paper) instead of one shared by all blocks.
         volume_per_atom: typical volume per atom (Angstrom^3) that scales the Gram matrix to O(1) values.
@@ -66,7 +66,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
 
 def edge_features(lattice: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor, n_freq: int,
                   volume_per_atom: float) -> torch.Tensor:
-    """Invariant pair features (B, N, N, 9 + 2 n_freq), layer-normalised without affine parameters.
+    """Invariant pair features (B, N, N, 9 + 6 n_freq), layer-normalised without affine parameters.
 
     The Gram matrix is divided by ``(volume_per_atom * n_atoms)^(2/3)`` (a typical squared lattice length) so its
     entries are O(1) for cells of any size; the affine part of the reference's LayerNorm is folded into the
@@ -107,7 +107,8 @@ class CrysformerBlock(nn.Module):
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
         self.gate_attn = GatedResidual(cfg.hidden)
         self.norm_ffn = nn.LayerNorm(cfg.hidden)
-        self.ffn = nn.Sequential(nn.Linear(cfg.hidden, 4 * cfg.hidden), nn.GELU(), nn.Linear(4 * cfg.hidden, cfg.hidden))
+        self.ffn = nn.Sequential(nn.Linear(cfg.hidden, 4 * cfg.hidden), nn.GELU(),
+                                 nn.Linear(4 * cfg.hidden, cfg.hidden))
         self.gate_ffn = GatedResidual(cfg.hidden)
 
     def forward(self, x: torch.Tensor, edge: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
@@ -143,14 +144,15 @@ class Crysformer(nn.Module):
         self.register_buffer("element_features", torch.as_tensor(element_table()), persistent=True)
         self.embed_type = nn.Linear(ELEMENT_DIM, cfg.hidden)
         self.embed_node = nn.Linear(cfg.hidden + cfg.time_dim, cfg.hidden)
-        edge_in = 9 + 2 * cfg.n_freq
+        edge_in = 9 + 6 * cfg.n_freq
         n_edge = cfg.layers if cfg.edge_per_layer else 1
         self.embed_edge = nn.ModuleList([nn.Linear(edge_in, cfg.hidden) for _ in range(n_edge)])
         self.blocks = nn.ModuleList([CrysformerBlock(cfg) for _ in range(cfg.layers)])
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.coord_head = nn.Linear(cfg.hidden, 3, bias=False)
         self.lattice_head = nn.Linear(cfg.hidden, 9)
-        self.type_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.num_types))
+        self.type_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(),
+                                       nn.Linear(cfg.hidden, cfg.num_types))
         self.scalar_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, 1))
 
     def forward(self, lattice: torch.Tensor, frac: torch.Tensor, types: torch.Tensor, mask: torch.Tensor,

@@ -23,12 +23,14 @@ class CrystalBatch:
         frac: (B, N, 3) fractional coordinates in [0, 1) (0 at padding).
         types: (B, N) atomic numbers (0 at padding).
         mask: (B, N) True for real atoms.
+        energy: optional (B,) per-crystal label (eV/atom) for energy / property models; None for generators.
     """
 
     lattice: torch.Tensor
     frac: torch.Tensor
     types: torch.Tensor
     mask: torch.Tensor
+    energy: torch.Tensor | None = None
 
     @property
     def num_atoms(self) -> torch.Tensor:
@@ -36,10 +38,13 @@ class CrystalBatch:
         return self.mask.sum(dim=1)
 
     def to(self, device: torch.device | str) -> CrystalBatch:
-        return CrystalBatch(self.lattice.to(device), self.frac.to(device), self.types.to(device), self.mask.to(device))
+        energy = None if self.energy is None else self.energy.to(device)
+        return CrystalBatch(self.lattice.to(device), self.frac.to(device), self.types.to(device), self.mask.to(device),
+                            energy)
 
     def replace(self, **changes: torch.Tensor) -> CrystalBatch:
-        fields = {"lattice": self.lattice, "frac": self.frac, "types": self.types, "mask": self.mask}
+        fields = {"lattice": self.lattice, "frac": self.frac, "types": self.types, "mask": self.mask,
+                  "energy": self.energy}
         fields.update(changes)
         return CrystalBatch(**fields)
 
@@ -54,8 +59,12 @@ class CrystalBatch:
         return [Crystal(lat[b], frac[b][mask[b]], types[b][mask[b]]) for b in range(lat.shape[0])]
 
 
-def collate(data: CrystalDataset, indices, dtype: torch.dtype = torch.float32) -> CrystalBatch:
-    """Pad rows ``indices`` of a dataset into one :class:`CrystalBatch` (vectorised, no per-atom loop)."""
+def collate(data: CrystalDataset, indices, dtype: torch.dtype = torch.float32,
+            energy_column: str | None = None) -> CrystalBatch:
+    """Pad rows ``indices`` of a dataset into one :class:`CrystalBatch` (vectorised, no per-atom loop).
+
+    ``energy_column``: a column of ``data.meta`` copied into ``batch.energy`` (B,) (e.g. eV/atom labels).
+    """
     indices = np.asarray(indices, dtype=np.int64)
     counts = data.num_atoms[indices]
     n_max = int(counts.max())
@@ -72,6 +81,7 @@ def collate(data: CrystalDataset, indices, dtype: torch.dtype = torch.float32) -
         torch.as_tensor(frac, dtype=dtype),
         torch.as_tensor(types),
         torch.as_tensor(mask),
+        None if energy_column is None else torch.as_tensor(data.meta[energy_column].to_numpy()[indices], dtype=dtype),
     )
 
 

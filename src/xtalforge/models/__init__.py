@@ -1,0 +1,1 @@
+"""Generative and predictive models built on the backbones (thin wrappers that own the losses)."""

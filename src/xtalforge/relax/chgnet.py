@@ -1,0 +1,171 @@
+"""CHGNet relaxation through ASE: one cached model, FIRE or BFGS on a ``FrechetCellFilter`` (atoms and cell).
+
+CHGNet's pretrained weights are inside its pip package, so loading needs no network. Torch threads are only changed
+when the caller asks (``threads=``), and restored afterwards, so relaxing does not take over a shared machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xtalforge.crystal import Crystal
+from xtalforge.errors import StructureError, XtalforgeError
+
+log = logging.getLogger(__name__)
+POTENTIALS = ("chgnet",)
+OPTIMIZERS = ("FIRE", "BFGS")
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of one relaxation.
+
+    Attributes:
+        crystal: the relaxed crystal; ``properties["energy_per_atom"]`` is its CHGNet energy in eV/atom.
+        energies: (steps + 1,) energy per atom (eV/atom) at every optimiser step, the start included.
+        converged: the largest force (and stress, through the cell filter) fell below ``fmax``.
+        steps: optimiser steps taken.
+    """
+
+    crystal: Crystal
+    energies: np.ndarray
+    converged: bool
+    steps: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def load_chgnet(model_name: str = "0.3.0") -> Any:
+    """The pretrained CHGNet model on CPU (loaded once per process from the weights shipped in the package)."""
+    from chgnet.model import CHGNet
+
+    with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count on load
+        return CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+
+
+@lru_cache(maxsize=1)
+def _calculator() -> Any:
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return CHGNetCalculator(model=load_chgnet(), use_device="cpu", on_isolated_atoms="error")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with ``threads`` torch threads (unchanged when None), restoring the previous count."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _as_crystal(item: Crystal | Any) -> Crystal:
+    if isinstance(item, Crystal):
+        return item
+    if hasattr(item, "lattice") and hasattr(item, "species"):
+        return Crystal.from_structure(item)
+    if hasattr(item, "cell") and hasattr(item, "numbers"):
+        return Crystal.from_atoms(item)
+    raise XtalforgeError(f"cannot relax a {type(item).__name__}: pass a Crystal, pymatgen Structure or ASE Atoms")
+
+
+def relax(
+    crystal_or_structure: Crystal | Any,
+    potential: str = "chgnet",
+    fmax: float = 0.1,
+    steps: int = 500,
+    trajectory: str | Path | None = None,
+    optimizer: str = "FIRE",
+    relax_cell: bool = True,
+    threads: int | None = None,
+) -> RelaxResult:
+    """Relax atoms and cell to a local minimum of the potential energy.
+
+    Args:
+        crystal_or_structure: a :class:`Crystal`, pymatgen ``Structure`` or ASE ``Atoms``.
+        potential: ``"chgnet"`` (the only one shipped).
+        fmax: force convergence threshold in eV/Angstrom (applied to the cell filter's generalised forces).
+        steps: maximum optimiser steps.
+        trajectory: optional path of an ASE ``.traj`` file recording every step.
+        optimizer: ``"FIRE"`` (robust from far-off starts) or ``"BFGS"``.
+        relax_cell: also relax the lattice (``FrechetCellFilter``); False keeps the cell fixed.
+        threads: torch threads for this call (default: leave torch's setting alone).
+
+    Returns:
+        :class:`RelaxResult`; the crystal keeps the input's ``properties`` plus ``energy_per_atom`` (eV/atom),
+        ``relax_steps`` and ``relax_converged``.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS, FIRE
+
+    if potential not in POTENTIALS:
+        raise XtalforgeError(f"unknown potential '{potential}' (choose from {', '.join(POTENTIALS)})")
+    if optimizer not in OPTIMIZERS:
+        raise XtalforgeError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+    crystal = _as_crystal(crystal_or_structure)
+    atoms = crystal.to_atoms()
+    n = len(atoms)
+    with torch_threads(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        atoms.calc = _calculator()
+        energies: list[float] = []
+        try:
+            target = FrechetCellFilter(atoms) if relax_cell else atoms
+            opt_cls = FIRE if optimizer == "FIRE" else BFGS
+            opt = opt_cls(target, logfile=None, trajectory=str(trajectory) if trajectory else None)
+            opt.attach(lambda: energies.append(atoms.get_potential_energy() / n), interval=1)
+            converged = bool(opt.run(fmax=fmax, steps=int(steps)))
+        except (ValueError, RuntimeError) as exc:  # CHGNet raises these for isolated atoms or broken graphs
+            raise StructureError(f"CHGNet cannot relax {crystal.formula}: {str(exc).splitlines()[0]}") from None
+    taken = int(opt.nsteps)
+    trace = np.asarray(energies, dtype=np.float64)  # ASE calls observers at the start and after every step
+    props = {**crystal.properties, "energy_per_atom": float(trace[-1]), "relax_steps": taken,
+             "relax_converged": converged}
+    relaxed = Crystal(np.array(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers, props)
+    return RelaxResult(relaxed, trace, converged, taken)
+
+
+def chgnet_energies(
+    crystals: Sequence[Crystal | Any], batch_size: int = 16, threads: int | None = None
+) -> np.ndarray:
+    """(len(crystals),) CHGNet energies in eV/atom of unrelaxed crystals, evaluated in batches.
+
+    A crystal CHGNet cannot evaluate (e.g. an atom with no neighbour within its 5 Angstrom cutoff) gets NaN.
+    """
+    model = load_chgnet()
+    structures = [_as_crystal(c).to_structure() for c in crystals]
+    out = np.full(len(structures), np.nan)
+    with torch_threads(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start in range(0, len(structures), batch_size):
+            chunk = structures[start : start + batch_size]
+            try:
+                preds = model.predict_structure(chunk, task="e", batch_size=batch_size)
+                if isinstance(preds, dict):  # CHGNet returns a bare dict for a one-structure list
+                    preds = [preds]
+                out[start : start + len(chunk)] = [float(p["e"]) for p in preds]
+            except (ValueError, RuntimeError):  # one bad structure fails its batch: retry them one by one
+                for k, s in enumerate(chunk):
+                    try:
+                        out[start + k] = float(model.predict_structure(s, task="e")["e"])
+                    except (ValueError, RuntimeError):
+                        log.warning("CHGNet could not evaluate %s", s.composition.reduced_formula)
+    return out

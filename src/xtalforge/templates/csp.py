@@ -1,0 +1,447 @@
+"""Template-based crystal structure prediction: put the target's elements on the sites of known crystals.
+
+For a target cell the method
+
+1. retrieves library entries with the same exact-count anonymised formula (then, if those give too few candidates,
+   smaller cells of the same formula type as supercells, then entries with more species whose site sets are merged);
+2. enumerates every mapping of the target's elements onto a template's element slots that keeps the counts, and
+   scores it by the data-mined substitution log-odds summed over the element slots
+   (:mod:`xtalforge.templates.chemistry`), optionally minus a stability penalty on templates above their hull;
+3. groups mappings that give the same structure type (same prototype, same element on each site set) and scores
+   the group by the log-sum-exp of its members: a structure many similar chemistries adopt is likelier than one
+   seen once;
+4. rescales the volume with per-element atomic volumes fitted on the library, drops duplicates with
+   ``StructureMatcher`` (the evaluation's tolerances), and optionally relaxes the candidates with CHGNet and
+   re-ranks them by energy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from xtalforge.composition import Target
+from xtalforge.crystal import Crystal
+from xtalforge.errors import XtalforgeError
+from xtalforge.evaluation.matching import MatchTolerance, Reduced, reduce_structure, rms_dist_reduced
+from xtalforge.methods import CSPMethod, register
+from xtalforge.templates.chemistry import substitution_log_prob
+from xtalforge.templates.library import TemplateLibrary, row_ids
+
+log = logging.getLogger(__name__)
+
+#: The shipped library (pooled val splits of the four benchmarks; see template_library.md beside it).
+SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "weights" / "template_library.npz"
+#: Most element-to-slot mappings tried per template group (a 5-element equiatomic cell has 120).
+MAX_MAPPINGS = 720
+#: Most StructureMatcher comparisons per target when removing duplicate candidates (each costs ~5-30 ms).
+MAX_COMPARISONS = 12
+
+
+@dataclass(frozen=True)
+class RankWeights:
+    """How a candidate's log-score is put together.
+
+    Defaults come from leave-one-out on the val splits (bench/tune_template_weights.py): a stability penalty made
+    every benchmark worse (Carbon-24 k=1 25% -> 18% at 5 per eV/atom), so it is off by default.
+
+    Attributes:
+        substitution: weight of the summed substitution log-odds of the slots.
+        stability: penalty per eV/atom that the template lies above the most stable entry of its chemical system.
+        temperature: the group score is ``temperature * logsumexp(member scores / temperature)``; small values make
+            the best single template decide, large ones favour structure types many templates share.
+        supercell: penalty for a template that must be repeated to reach the target's atom count.
+        merge: penalty per template site set merged into another one.
+    """
+
+    substitution: float = 1.0
+    stability: float = 0.0
+    temperature: float = 0.5
+    supercell: float = 3.0
+    merge: float = 4.0
+
+
+@dataclass
+class _Pool:
+    """(template, mapping) pairs of one template group, with the features their score is made of."""
+
+    template: np.ndarray  # (P,) library rows
+    elements: np.ndarray  # (P, S) target element on each template slot
+    slots: np.ndarray  # (P, S) template element of each slot
+    substitution: np.ndarray  # (P,) substitution log-odds summed over slots
+    stability: np.ndarray  # (P,) template's eV/atom above the most stable entry of its system
+    penalty: float  # supercell / merge penalty of the group
+    multiplier: int  # template cells per target cell
+
+    def score(self, w: RankWeights) -> np.ndarray:
+        """(P,) log-score of each pair."""
+        return w.substitution * self.substitution - w.stability * self.stability - self.penalty
+
+    def take(self, keep: np.ndarray) -> _Pool:
+        return _Pool(self.template[keep], self.elements[keep], self.slots[keep], self.substitution[keep],
+                     self.stability[keep], self.penalty, self.multiplier)
+
+
+@dataclass
+class _Types:
+    """Candidates grouped into structure types (one prototype with the same target element on each site set).
+
+    Attributes:
+        origin: (P, 2) pool index and row of every pair.
+        type_of: (P,) structure type of every pair.
+        score: (T,) ``temperature * logsumexp(member scores / temperature)``.
+        representative: (T,) best-scoring pair of each type.
+        ranked: (T,) types, best first.
+    """
+
+    origin: np.ndarray
+    type_of: np.ndarray
+    score: np.ndarray
+    representative: np.ndarray
+    ranked: np.ndarray
+
+
+class TemplateCSP(CSPMethod):
+    """Template-based CSP over a :class:`TemplateLibrary`.
+
+    Args:
+        library: the templates (:meth:`TemplateLibrary.load` of the shipped file when None).
+        weights: ranking weights.
+        relax: ``"none"`` (raw template candidates) or ``"chgnet"`` (relax the best ``relax_top`` candidates with
+            CHGNet and re-rank them by energy per atom).
+        relax_steps: optimiser steps per candidate when relaxing.
+        relax_top: relax only the best this many candidates (None: all); the rest follow them unrelaxed.
+        dedupe: compare candidates with ``StructureMatcher`` and keep one of each matching set.
+        pool_size: at most this many (template, mapping) pairs per target enter grouping (best first).
+    """
+
+    name = "template"
+
+    def __init__(
+        self,
+        library: TemplateLibrary | None = None,
+        weights: RankWeights | None = None,
+        relax: str = "none",
+        relax_steps: int = 200,
+        relax_top: int | None = None,
+        dedupe: bool = True,
+        pool_size: int = 4000,
+    ) -> None:
+        if relax not in ("none", "chgnet"):
+            raise XtalforgeError(f"unknown relax mode '{relax}' (choose 'none' or 'chgnet')")
+        self.library = library if library is not None else load_shipped_library()
+        self.weights = weights or RankWeights()
+        self.relax = relax
+        self.relax_steps = int(relax_steps)
+        self.relax_top = relax_top
+        self.dedupe = dedupe
+        self.pool_size = int(pool_size)
+        # larger cells than any template can still be built from supercells and merged sites
+        self.max_atoms = max(52, int(self.library.num_atoms.max()) if len(self.library) else 0)
+        self._substitution = substitution_log_prob()
+        self._volumes = self.library.atomic_volumes
+        self._tolerance = MatchTolerance()
+        self._reduced_cache: dict[int, Reduced] = {}
+
+    def settings(self) -> dict:
+        return {
+            "method": self.name,
+            "library_entries": len(self.library),
+            "library_source": self.library.source,
+            "weights": asdict(self.weights),
+            "relax": self.relax,
+            "relaxed": self.relax != "none",
+            "relax_steps": self.relax_steps if self.relax != "none" else 0,
+            "relax_top": self.relax_top if self.relax != "none" else 0,
+            "dedupe": self.dedupe,
+        }
+
+    # ------------------------------------------------------------------ public
+    def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
+        """Candidates for a composition whose Z may be unknown: every Z with a template of exactly that cell, merged
+        by score (a Z without one would only repeat a smaller Z's templates as supercells); the fallbacks of
+        :meth:`generate` only when no Z has a template."""
+        cells = target.cells(self.max_atoms)
+        merged = [c for cell in cells for c in self._generate_one(cell, n, exact_only=True)]
+        if not merged:
+            merged = [c for cands in self.generate(cells, n, seed) for c in cands]
+        merged.sort(key=lambda c: -float(c.properties["score"]))
+        return merged[:n]
+
+    def generate(self, targets: Sequence[Sequence[int]], n: int, seed: int = 0) -> list[list[Crystal]]:
+        """Up to ``n`` candidates per target cell, best first (deterministic: ``seed`` is not used).
+
+        Each candidate has ``properties``: ``score`` (log-score, higher is better; minus the CHGNet energy in eV/atom
+        when relaxing), ``template_id`` (material_id of the template), ``template_score``, ``spacegroup`` of the
+        template, and ``energy_per_atom`` (eV/atom) when relaxed. A target no template fits gets an empty list.
+        """
+        return [self._generate_one(numbers, n) for numbers in targets]
+
+    def _generate_one(self, numbers: Sequence[int], n: int, exact_only: bool = False) -> list[Crystal]:
+        numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        if numbers.size == 0:
+            raise XtalforgeError("empty target cell")
+        cands = self._candidates(numbers, int(n), exact_only)
+        if self.relax == "chgnet" and cands:
+            cands = self._relax_and_rerank(cands, int(n))
+        return cands
+
+    # ------------------------------------------------------------------ retrieval and scoring
+    def _candidates(self, numbers: np.ndarray, n: int, exact_only: bool = False) -> list[Crystal]:
+        pools = self._pools(numbers, n, exact_only)
+        if not pools:
+            return []
+        return self._build_ranked(pools, self._structure_types(pools, self.weights), numbers, n)
+
+    def _pools(self, numbers: np.ndarray, n: int, exact_only: bool = False) -> list[_Pool]:
+        """Scored template groups for a target cell, widening retrieval level by level until ``n`` prototypes."""
+        elements, counts = np.unique(numbers, return_counts=True)
+        pools: list[_Pool] = []
+        levels = list(self._retrieval_levels(counts))
+        for level in levels[:1] if exact_only else levels:
+            for key, multiplier, penalty in level:
+                pool = self._score_group(key, multiplier, penalty, elements, counts)
+                if pool is not None:
+                    pools.append(pool)
+            prototypes = {int(x) for p in pools for x in np.unique(self.library.prototype[p.template])}
+            if len(prototypes) >= n:  # every prototype gives at least one distinct candidate: enough to choose from
+                break
+        return pools
+
+    def _retrieval_levels(self, counts: np.ndarray):
+        """Template groups in order of preference: exact formula, smaller cells as supercells, merged site sets.
+
+        Yields lists of (anonymised formula, supercell multiplier, penalty)."""
+        key = tuple(sorted(int(c) for c in counts))
+        natoms = int(sum(key))
+        g = int(np.gcd.reduce(counts))
+        yield [(key, 1, 0.0)]
+        yield [
+            (tuple(c // d for c in key), d, self.weights.supercell)
+            for d in range(2, g + 1)
+            if g % d == 0
+        ]
+        merged = []
+        for other in self.library.keys():
+            extra = len(other) - len(key)
+            if extra < 1 or extra > 2 or natoms % sum(other):
+                continue
+            d = natoms // sum(other)
+            merged.append((other, d, self.weights.merge * extra + (self.weights.supercell if d > 1 else 0.0)))
+        yield merged
+
+    def _score_group(
+        self, key: tuple[int, ...], multiplier: int, penalty: float, elements: np.ndarray, counts: np.ndarray
+    ) -> _Pool | None:
+        group = self.library.group(key)
+        if group is None:
+            return None
+        maps = _slot_mappings(key, tuple(int(c) for c in counts), multiplier)
+        if not maps:
+            return None
+        target_on_slot = elements[np.asarray(maps)]  # (F, S)
+        # sub[f, g] = sum_j S[target element on slot j, template element on slot j]
+        sub = self._substitution[target_on_slot[:, None, :], group.slots[None, :, :]].sum(axis=-1)
+        f_idx, g_idx = (x.ravel() for x in np.indices(sub.shape))
+        pool = _Pool(group.indices[g_idx], target_on_slot[f_idx], group.slots[g_idx], sub.ravel(),
+                     self.library.stability[group.indices[g_idx]], penalty, multiplier)
+        if len(pool.template) > self.pool_size:
+            pool = pool.take(np.argsort(-pool.score(self.weights), kind="stable")[: self.pool_size])
+        return pool
+
+    def _structure_types(self, pools: list[_Pool], weights: RankWeights) -> _Types:
+        """Group pairs into structure types and score each type by the log-sum-exp of its members."""
+        lib = self.library
+        width = max(p.elements.shape[1] for p in pools)
+        rows = []
+        for p in pools:
+            pad = np.zeros((len(p.template), width - p.elements.shape[1]), np.int64)
+            rows.append(np.column_stack([lib.prototype[p.template], np.full(len(p.template), p.multiplier),
+                                         p.elements, pad]))
+        score = np.concatenate([p.score(weights) for p in pools])
+        origin = np.concatenate([np.column_stack([np.full(len(p.template), k), np.arange(len(p.template))])
+                                 for k, p in enumerate(pools)])
+        type_of = row_ids(np.concatenate(rows))
+        n_types = int(type_of.max()) + 1
+        t = weights.temperature
+        best = np.full(n_types, -np.inf)
+        np.maximum.at(best, type_of, score)
+        total = np.bincount(type_of, weights=np.exp((score - best[type_of]) / t), minlength=n_types)
+        type_score = best + t * np.log(total)
+        by_type = np.lexsort((-score, type_of))  # members of each type together, best first
+        first = np.ones(len(by_type), bool)
+        first[1:] = type_of[by_type[1:]] != type_of[by_type[:-1]]
+        representative = np.empty(n_types, np.int64)
+        representative[type_of[by_type[first]]] = by_type[first]
+        return _Types(origin, type_of, type_score, representative, np.argsort(-type_score, kind="stable"))
+
+    def _build_ranked(self, pools: list[_Pool], types: _Types, numbers: np.ndarray, n: int) -> list[Crystal]:
+        """The best ``n`` structure types as crystals, dropping any that matches a better one.
+
+        Only candidates whose templates share a space group are compared: that is where duplicates come from
+        (symmetry-equivalent element arrangements, prototypes split by spglib's Wyckoff labels), and matching every
+        pair would cost more than the rest of the method. At most ``MAX_COMPARISONS`` pairs are matched per target
+        (grouping by structure type already removes most duplicates; leave-one-out on MP-20 val found no k = 20
+        gain from matching more)."""
+        out: list[Crystal] = []
+        kept: dict[int, list[Reduced]] = {}
+        comparisons = 0
+        budget = max(3 * n, n + 20)  # structure types examined before giving up on filling n distinct candidates
+        for type_id in types.ranked[:budget]:
+            k, j = types.origin[types.representative[type_id]]
+            pool = pools[k]
+            crystal = self._build(pool, j, numbers)
+            crystal.properties["score"] = float(types.score[type_id])
+            crystal.properties["template_score"] = float(types.score[type_id])
+            if self.dedupe and comparisons < MAX_COMPARISONS:
+                reduced = self._reduced_candidate(pool, j)
+                same_group = kept.setdefault(crystal.properties["spacegroup"], [])
+                duplicate = False
+                for other in same_group[: MAX_COMPARISONS - comparisons]:
+                    comparisons += 1
+                    if self._match(reduced, other):
+                        duplicate = True
+                        break
+                if duplicate:
+                    continue
+                same_group.append(reduced)
+            out.append(crystal)
+            if len(out) >= n:
+                break
+        return out
+
+    def _build(self, pool: _Pool, j: int, numbers: np.ndarray) -> Crystal:
+        """The candidate crystal of pair ``j`` of ``pool``: template atoms relabelled, volume rescaled."""
+        lib = self.library
+        i = int(pool.template[j])
+        a, b = lib.offsets[i], lib.offsets[i + 1]
+        template_atoms = lib.numbers[a:b]
+        slot_of_atom = np.argmax(template_atoms[:, None] == pool.slots[j][None, :], axis=1)
+        new_numbers = pool.elements[j][slot_of_atom]
+        lattice, frac = lib.lattices[i], lib.frac_coords[a:b]
+        if pool.multiplier > 1:
+            lattice, frac, new_numbers = _supercell(lattice, frac, new_numbers, pool.multiplier)
+            template_atoms = np.tile(template_atoms, pool.multiplier)
+        v = self._volumes
+        volume_ratio = v[numbers].sum() / v[template_atoms].sum()
+        lattice = lattice * volume_ratio ** (1.0 / 3.0)
+        props = {"template_id": str(lib.ids[i]), "spacegroup": int(lib.spacegroup[i])}
+        return Crystal(lattice, frac, new_numbers, props)
+
+    def _reduced_candidate(self, pool: _Pool, j: int) -> Reduced:
+        """Candidate ``j`` of ``pool`` after the matcher's preprocessing (Niggli cell, primitive cell).
+
+        Relabelling a template keeps its sites, so the template's reduced cell (computed once per template) with the
+        target's elements on it is the candidate's (the volume does not matter: the matcher rescales)."""
+        i = int(pool.template[j])
+        if i not in self._reduced_cache:
+            self._reduced_cache[i] = reduce_structure(self.library.crystal(i).to_structure())
+        r = self._reduced_cache[i]
+        slot_of_atom = np.argmax(r.numbers[:, None] == pool.slots[j][None, :], axis=1)
+        return Reduced(r.matrix, r.frac, pool.elements[j][slot_of_atom])
+
+    def _match(self, a: Reduced, b: Reduced) -> bool:
+        """True if two reduced candidates match under the evaluation's tolerances."""
+        return rms_dist_reduced(a, b, self._tolerance) is not None
+
+    # ------------------------------------------------------------------ relaxation
+    def _relax_and_rerank(self, cands: list[Crystal], n: int) -> list[Crystal]:
+        """Relax the best ``relax_top`` candidates with CHGNet and order them by energy per atom (eV/atom).
+
+        Their score becomes minus the energy; candidates beyond ``relax_top`` (and any CHGNet cannot handle) follow
+        unrelaxed, in template order, scored just below the relaxed ones."""
+        from xtalforge.errors import StructureError
+        from xtalforge.relax import relax
+
+        top = len(cands) if self.relax_top is None else min(self.relax_top, len(cands))
+        relaxed, rest = [], []
+        for c in cands[:top]:
+            t0 = time.perf_counter()
+            try:
+                r = relax(c, potential="chgnet", steps=self.relax_steps).crystal
+            except StructureError as exc:
+                log.warning("keeping a candidate unrelaxed: %s", exc)
+                rest.append(c)
+                continue
+            r.properties = {**c.properties, **r.properties, "relax_seconds": time.perf_counter() - t0}
+            r.properties["score"] = -float(r.properties["energy_per_atom"])
+            relaxed.append(r)
+        relaxed.sort(key=lambda c: -c.properties["score"])
+        if self.dedupe:  # relaxation can take two candidates to the same minimum
+            distinct, kept = [], []
+            for c in relaxed:
+                reduced = reduce_structure(c.to_structure())
+                if not any(self._match(reduced, o) for o in kept):
+                    kept.append(reduced)
+                    distinct.append(c)
+            relaxed = distinct
+        rest += cands[top:]
+        floor = min((c.properties["score"] for c in relaxed), default=0.0)
+        for rank, c in enumerate(rest):
+            c.properties["score"] = floor - 1.0 - 1e-3 * rank
+        return (relaxed + rest)[:n]
+
+
+@lru_cache(maxsize=4096)
+def _slot_mappings(template_counts: tuple[int, ...], target_counts: tuple[int, ...], multiplier: int) -> list:
+    """Every map template slot -> target species such that each species' atoms exactly fill its slots.
+
+    ``template_counts`` (S,) are per-slot atom counts of a template cell repeated ``multiplier`` times; the result is
+    a list of length-S tuples of target-species indices (at most ``MAX_MAPPINGS``)."""
+    slots = [c * multiplier for c in template_counts]
+    remaining = list(target_counts)
+    result: list[tuple[int, ...]] = []
+    current: list[int] = []
+
+    def place(j: int) -> None:
+        if len(result) >= MAX_MAPPINGS:
+            return
+        if j == len(slots):
+            if not any(remaining):
+                result.append(tuple(current))
+            return
+        for t in range(len(remaining)):
+            if remaining[t] >= slots[j]:
+                remaining[t] -= slots[j]
+                current.append(t)
+                place(j + 1)
+                current.pop()
+                remaining[t] += slots[j]
+
+    place(0)
+    return result
+
+
+def _supercell(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray, d: int):
+    """Repeat a cell ``d`` times along its shortest lattice vector (the most compact supercell of that size)."""
+    axis = int(np.argmin(np.linalg.norm(lattice, axis=1)))
+    shifts = np.zeros((d, 3))
+    shifts[:, axis] = np.arange(d)
+    new_frac = (frac[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+    new_frac[:, axis] /= d
+    new_lattice = lattice.copy()
+    new_lattice[axis] *= d
+    return new_lattice, new_frac, np.tile(numbers, d)
+
+
+@lru_cache(maxsize=1)
+def load_shipped_library() -> TemplateLibrary:
+    """The library shipped with xtalforge (cached: loaded once per process)."""
+    if not SHIPPED_LIBRARY.is_file():
+        raise XtalforgeError(f"the shipped template library is missing ({SHIPPED_LIBRARY}); rebuild it with "
+                             "`python bench/build_template_library.py`")
+    return TemplateLibrary.load(SHIPPED_LIBRARY)
+
+
+@register("template")
+def _template_factory(library: TemplateLibrary | str | None = None, **kwargs) -> TemplateCSP:
+    """``get_method("template", library=None | path | TemplateLibrary, relax="none" | "chgnet", ...)``."""
+    if isinstance(library, (str, Path)):
+        library = TemplateLibrary.load(library)
+    return TemplateCSP(library=library, **kwargs)

@@ -1,0 +1,1 @@
+"""Training loops (one readable loop per model family)."""

@@ -1,0 +1,40 @@
+"""The command line: one-line errors with exit code 2 and no partial output for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from xtalforge.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", ""], "empty formula"),
+        (["predict", "Xx2O"], "unknown element 'Xx'"),
+        (["predict", "Na(Cl"], "unbalanced"),
+        (["predict", "NaCl", "--n", "0"], "n must be at least 1"),
+        (["predict", "C200"], "limit"),
+        (["evaluate", "--data", "nonexistent_set"], "no such data file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xtalforge: error:") and message in err and "\n" not in err
+    assert not list(tmp_path.iterdir()), "no output may be left behind after an error"
+
+
+def test_relax_of_malformed_cif(tmp_path, capsys):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("data_bad\n_cell_length_a 3.0\n_cell_length_b abc\n")
+    assert main(["relax", str(bad)]) == 2
+    assert "malformed CIF" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.cif"]
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "xtalforge.cli", "datasets"], capture_output=True, text=True)
+    assert out.returncode == 0 and "mp_20_biternary" in out.stdout and "missing" not in out.stdout

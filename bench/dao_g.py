@@ -154,6 +154,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="throughput,sampling,csp")
+    p.add_argument("--out", default=str(RESULTS), help="results JSON (rows are appended to its sections)")
     p.add_argument("--weights", default="mp20", help="shipped name or path of DAO-G weights")
     p.add_argument("--bench", default="mp_20_biternary")
     p.add_argument("--threads", type=int, default=1)
@@ -168,14 +169,15 @@ def main() -> None:
     p.add_argument("--start_t", type=int, default=100)
     p.add_argument("--refine_steps", type=int, default=20)
     args = p.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
     for section in args.sections.split(","):
         rows = {"throughput": bench_throughput, "sampling": bench_sampling, "csp": bench_csp}[section](args)
         results.setdefault(section, [])
         results[section] = results[section] + rows
     results["versions"] = package_versions()
     results["settings_last_run"] = vars(args)
-    write_json(RESULTS, results)
+    write_json(out, results)
     print(markdown(results))
 
 

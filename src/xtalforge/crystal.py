@@ -109,7 +109,8 @@ class Crystal:
                 warnings.simplefilter("ignore")
                 structure = Structure.from_str(text, fmt="cif")
         except Exception as exc:  # pymatgen raises many types for malformed CIFs
-            raise StructureError(f"malformed CIF: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StructureError(f"malformed CIF: {reason}") from None
         return cls.from_structure(structure, properties)
 
     def to_cif_string(self, symprec: float | None = None) -> str:
@@ -192,10 +193,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _file_format(path: Path) -> str:

@@ -182,6 +182,10 @@ class DAOGMethod(CSPMethod):
     to how often each Z occurs for that reduced anonymised formula (e.g. ``1-1-3``) in the model's training data
     (the ``z_prior`` saved with the weights); an unseen formula gets the smallest Z with at least ``min_atoms``
     atoms.
+
+    Default sampler: strided predictor-corrector with 50 steps (100 network calls, 20x fewer than the faithful
+    1000-step sampler). Measured on Perov-5 (100 test entries, k = 1): 50% match at 0.14 s/entry against 46% at
+    3.2 s/entry for 1000 steps (bench/dao_g.py).
     """
 
     name = "dao-g"

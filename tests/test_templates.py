@@ -116,6 +116,7 @@ def test_reduced_formula_enumerates_z(library: TemplateLibrary) -> None:
 def test_unknown_formula_is_graceful(library: TemplateLibrary) -> None:
     method = TemplateCSP(library)
     assert method.generate([[3] + [26] * 7 + [8] * 13], n=5) == [[]]  # A1B7C13: nothing to build from
+    assert method.generate([[110, 8]], n=5) == [[]]  # an element without chemistry data
     # A3B3: no such cell in the library, the 2-atom AB prototypes are used as supercells
     cands = method.generate([[11, 11, 11, 9, 9, 9]], n=3)[0]
     assert cands and all(c.num_atoms == 6 for c in cands)

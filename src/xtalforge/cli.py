@@ -122,10 +122,11 @@ def cmd_evaluate(args) -> int:
         kwargs["device"] = args.device
         if args.steps is not None:
             kwargs["steps"] = args.steps
-    if library is not None and args.method in ("template", "template+dao-g"):
-        from xtalforge.templates import TemplateLibrary
+    if library is not None and "template" in args.method:
+        from xtalforge.templates.library import benchmark_library
 
-        kwargs["library"] = TemplateLibrary.from_dataset(library)
+        # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)
+        kwargs["library"] = benchmark_library(args.data, pooled=args.library == "pooled")
     method = get_method(args.method, **kwargs)
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.data).name}_{args.method}" / "report.json"
     report = evaluate_csp(method, test, ks=ks, out_dir=out.parent, limit=args.limit, seed=args.seed,

@@ -125,12 +125,13 @@ def _pair_features(idx_a: np.ndarray, idx_b: np.ndarray) -> np.ndarray:
 
 
 def _complete_with_descriptors(observed: np.ndarray) -> np.ndarray:
-    """Fill unobserved pairs with a least-squares fit of the observed log-probabilities on descriptor differences."""
+    """Fill unobserved pairs with a least-squares fit of the observed log-odds on descriptor differences."""
     a, b = np.nonzero(np.isfinite(observed))
     coef, *_ = np.linalg.lstsq(_pair_features(a, b), observed[a, b], rcond=None)
     grid_a, grid_b = np.meshgrid(np.arange(NUM_ELEMENTS), np.arange(NUM_ELEMENTS), indexing="ij")
     predicted = (_pair_features(grid_a.ravel(), grid_b.ravel()) @ coef).reshape(NUM_ELEMENTS, NUM_ELEMENTS)
-    # a pair the table never saw is no likelier than the same pair would be had it been seen rarely
+    # absence from a table mined from thousands of compounds is weak evidence against a pair: cap its prediction at
+    # the lower quartile of observed pairs
     floor = np.nanmin(observed)
     predicted = np.minimum(predicted, np.nanpercentile(observed, 25.0))
     predicted = np.maximum(predicted, floor - 1.0)

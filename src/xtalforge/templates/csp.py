@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -31,8 +32,8 @@ from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import MatchTolerance, Reduced, reduce_structure, rms_dist_reduced
 from xtalforge.methods import CSPMethod, register
-from xtalforge.templates.chemistry import substitution_log_prob
-from xtalforge.templates.library import TemplateLibrary, row_ids
+from xtalforge.templates.chemistry import NUM_ELEMENTS, substitution_log_prob
+from xtalforge.templates.library import SYMPREC, TemplateLibrary, row_ids
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,9 @@ class TemplateCSP(CSPMethod):
         numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         if numbers.size == 0:
             raise XtalforgeError("empty target cell")
+        if numbers.min() < 1 or numbers.max() >= NUM_ELEMENTS:
+            log.warning("no substitution data for atomic numbers outside 1..%d", NUM_ELEMENTS - 1)
+            return []
         cands = self._candidates(numbers, int(n), exact_only)
         if self.relax == "chgnet" and cands:
             cands = self._relax_and_rerank(cands, int(n))
@@ -341,7 +345,7 @@ class TemplateCSP(CSPMethod):
         target's elements on it is the candidate's (the volume does not matter: the matcher rescales)."""
         i = int(pool.template[j])
         if i not in self._reduced_cache:
-            self._reduced_cache[i] = reduce_structure(self.library.crystal(i).to_structure())
+            self._reduced_cache[i] = _reduce_fast(self.library, i)
         r = self._reduced_cache[i]
         slot_of_atom = np.argmax(r.numbers[:, None] == pool.slots[j][None, :], axis=1)
         return Reduced(r.matrix, r.frac, pool.elements[j][slot_of_atom])
@@ -386,6 +390,25 @@ class TemplateCSP(CSPMethod):
         for rank, c in enumerate(rest):
             c.properties["score"] = floor - 1.0 - 1e-3 * rank
         return (relaxed + rest)[:n]
+
+
+def _reduce_fast(library: TemplateLibrary, i: int) -> Reduced:
+    """Primitive, Niggli-reduced cell of library entry ``i`` with spglib (pymatgen's reduction, which the evaluation
+    uses, costs ~20 ms per cell; the matcher searches all lattice mappings, so any reduced primitive cell will do).
+    Atom positions are kept as they are, not symmetrised."""
+    import spglib
+
+    c = library.crystal(i)
+    cell = (c.lattice, c.frac_coords, c.numbers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        prim = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=SYMPREC)
+        niggli = spglib.niggli_reduce(prim[0]) if prim is not None else None
+    if prim is None or niggli is None:  # spglib gave up: pymatgen's reduction always works
+        return reduce_structure(c.to_structure())
+    lattice, frac, numbers = prim
+    frac = (frac @ lattice @ np.linalg.inv(niggli)) % 1.0
+    return Reduced(np.asarray(niggli, float), frac, np.asarray(numbers, np.int64))
 
 
 @lru_cache(maxsize=4096)

@@ -9,6 +9,7 @@ volume model fitted on the library. A library saves to and loads from one compre
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,7 +396,9 @@ def _symmetry(
             spacegroup[i], wyckoffs[a:b] = hit
             continue
         try:
-            data = spglib.get_symmetry_dataset((lattices[i], frac_coords[a:b], numbers[a:b]), symprec=symprec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # spglib's notice about its error handling
+                data = spglib.get_symmetry_dataset((lattices[i], frac_coords[a:b], numbers[a:b]), symprec=symprec)
         except Exception:  # spglib raises on degenerate cells; the entry simply has no symmetry label
             data = None
         if data is not None:

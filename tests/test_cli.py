@@ -38,3 +38,19 @@ def test_relax_of_malformed_cif(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "xtalforge.cli", "datasets"], capture_output=True, text=True)
     assert out.returncode == 0 and "mp_20_biternary" in out.stdout and "missing" not in out.stdout
+
+
+def test_python_api_predicts_twice_and_writes_outputs(tmp_path):
+    import xtalforge
+    from xtalforge.prediction import write_candidates
+
+    first = xtalforge.predict("NaCl", n=3)
+    second = xtalforge.predict("KBr", n=3)  # the API stays callable after the first call
+    assert second[0].structure.composition.reduced_formula == "KBr"
+    assert [c.rank for c in first] == [1, 2, 3] and first[0].formula.startswith("Na")
+    out = write_candidates(second, tmp_path / "kbr", {"formula": "KBr"})
+    names = sorted(p.name for p in out.iterdir())
+    assert names[:3] == ["01_" + second[0].formula + ".cif", "02_" + second[1].formula + ".cif",
+                         "03_" + second[2].formula + ".cif"]
+    assert {"run.json", "summary.csv", "summary.md"} <= set(names)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 
 def predict(formula: str, n: int = 20, method: str = "auto", **kwargs):
-    """Predict ``n`` ranked candidate structures for ``formula``; see :func:`xtalforge.predict.predict`."""
-    from xtalforge.predict import predict as _predict
+    """Predict ``n`` ranked candidate structures for ``formula``; see :func:`xtalforge.prediction.predict`."""
+    from xtalforge.prediction import predict as _predict
 
     return _predict(formula, n=n, method=method, **kwargs)
 

@@ -1,4 +1,4 @@
-"""``xtalforge.predict``: from a formula to ranked, optionally relaxed candidate structures.
+"""``xtalforge.predict()``: from a formula to ranked, optionally relaxed candidate structures.
 
 This is the main job of the package; the CLI's ``xtalforge predict`` is a thin shell around :func:`predict` and
 :func:`write_candidates`.
@@ -170,6 +170,8 @@ def write_candidates(candidates: list[Candidate], out_dir: str | os.PathLike, se
                 "settings": settings, "candidates": rows}
         atomic_write_text(tmp / "run.json", json.dumps(meta, indent=2, default=str))
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob("[0-9][0-9]_*.cif"):  # ranked files of an earlier run would mix with this one
+            stale.unlink()
         for f in tmp.iterdir():
             os.replace(f, out_dir / f.name)
     finally:

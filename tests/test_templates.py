@@ -148,3 +148,12 @@ def test_shipped_library_is_fast() -> None:
     cands = method.generate(Target.parse("Li4Fe2O6").cells(60), n=20)[0]
     assert time.perf_counter() - t < 3.0  # well under 1 s on an idle machine
     assert len(cands) == 20
+
+
+def test_unseen_noble_gas_gets_a_physical_volume():
+    """He and Ne never occur in the library; their prior must be a van der Waals solid, not a covalent sphere."""
+    from xtalforge.composition import Target
+    from xtalforge.methods import get_method
+
+    cands = get_method("template").predict_target(Target.parse("HeNe"), 3)
+    assert cands and all(c.volume / c.num_atoms > 5.0 for c in cands)

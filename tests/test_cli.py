@@ -54,3 +54,13 @@ def test_python_api_predicts_twice_and_writes_outputs(tmp_path):
                          "03_" + second[2].formula + ".cif"]
     assert {"run.json", "summary.csv", "summary.md"} <= set(names)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_auto_fills_slots_templates_cannot_fill_with_dao_g():
+    import xtalforge
+
+    cands = xtalforge.predict("Ba2Mn3Sb2O2", n=16, seed=1)  # the shipped library holds fewer than 16 templates
+    methods = [c.info["method"] for c in cands]
+    assert len(cands) == 16 and methods[0] == "template" and methods[-1] == "dao-g"
+    assert methods == sorted(methods, key=lambda m: m != "template"), "generated candidates rank after templates"
+    assert all(c.crystal.to_structure().composition.reduced_formula == "Ba2Mn3(SbO)2" for c in cands)

@@ -22,6 +22,8 @@ from xtalforge.errors import XtalforgeError
 
 #: What ``method="auto"`` runs: the pipeline that measured best on the benchmarks (see README, bench/results).
 DEFAULT_METHOD = "template"
+#: With ``method="auto"``, slots the templates cannot fill go to this generator (when the cell fits its atom limit).
+FALLBACK_METHOD = "dao-g"
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Candidate:
             "volume_A3": round(self.crystal.volume, 3),
             "energy_eV_per_atom": None if self.energy_per_atom is None else round(self.energy_per_atom, 4),
             "score": round(self.score, 4),
+            "method": self.info.get("method", "-"),
         }
 
 
@@ -108,6 +111,10 @@ def predict(
         kwargs.setdefault("device", device)
     impl = get_method(name, **kwargs)
     crystals = impl.predict_target(target, n, seed=seed)
+    for c in crystals:
+        c.properties.setdefault("method", name)
+    if method == "auto" and len(crystals) < n:
+        crystals += _fallback_candidates(target, n - len(crystals), seed, device)
     if not crystals:
         raise XtalforgeError(f"method '{name}' found no candidate for {formula}")
     energies: list[float | None] = [None] * len(crystals)
@@ -131,15 +138,29 @@ def predict(
     out = []
     for rank, (c, e) in enumerate(zip(crystals, energies), start=1):
         info = {k: v for k, v in c.properties.items() if k not in ("score", "energy_per_atom")}
-        info["method"] = name
         out.append(Candidate(rank, c, float(c.properties.get("score", 0.0)), e, info))
     return out
+
+
+def _fallback_candidates(target: Target, n: int, seed: int, device: str) -> list[Crystal]:
+    """Generated candidates for slots that templates left empty; ranked after every template candidate."""
+    from xtalforge.errors import AtomLimitError
+    from xtalforge.methods import get_method
+
+    try:
+        extra = get_method(FALLBACK_METHOD, device=device).predict_target(target, n, seed=seed)
+    except AtomLimitError:  # the generator's cells are smaller than this composition needs
+        return []
+    for c in extra:
+        c.properties["method"] = FALLBACK_METHOD
+        c.properties["score"] = -1e3 + float(c.properties.get("score", 0.0))  # below any template score
+    return extra
 
 
 def format_table(candidates: list[Candidate]) -> str:
     """A markdown table of the candidates (rank, formula, space group, volume, energy)."""
     rows = [c.row() for c in candidates]
-    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "score"]
+    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "score", "method"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join("-" if r[h] is None else str(r[h]) for h in head) + " |")

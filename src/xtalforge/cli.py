@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_predict(args) -> int:
-    from xtalforge.prediction import predict, write_candidates
+    from xtalforge.prediction import format_table, predict, write_candidates
 
     t0 = time.perf_counter()
     kwargs = {} if args.steps is None else {"steps": args.steps}
@@ -98,8 +98,6 @@ def cmd_predict(args) -> int:
     out = Path(args.out or f"xtalforge_{args.formula}")
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     write_candidates(candidates, out, settings)
-    from xtalforge.prediction import format_table
-
     print(format_table(candidates))
     print(f"\n{len(candidates)} candidates written to {out}/ in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -197,7 +197,8 @@ def load_csv(path: str | os.PathLike, workers: int | None = None, use_cache: boo
     )
     if use_cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        # a per-process name: DDP ranks parse the same file at once and must not rename each other's temp file
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, cache_file)

@@ -92,7 +92,7 @@ def bench_sampling(args) -> list[dict]:
 
 
 def bench_csp(args) -> list[dict]:
-    from xtalforge.evaluation import evaluate_csp
+    from xtalforge.evaluation import evaluate_csp, template_free_mask
     from xtalforge.methods import get_method
     from xtalforge.models.dao_g import TemplateRefine
     from xtalforge.templates import benchmark_library
@@ -109,20 +109,28 @@ def bench_csp(args) -> list[dict]:
             method = dao
         elif spec == "template":  # the baseline the refinement must beat, on the same entries
             method = get_method("template", library=benchmark_library(args.bench, pooled=False))
+        elif spec == "auto":  # what `xtalforge predict` runs: templates, DAO-G samples for the slots they leave
+            from xtalforge.pipeline import TemplatesThenGenerator
+
+            method = TemplatesThenGenerator(get_method("template", library=benchmark_library(args.bench, pooled=False)),
+                                            lambda dao=dao: dao)
         else:  # template+dao-g[:mode]
             library = benchmark_library(args.bench, pooled=False)
             dao.steps = args.refine_steps
             mode = spec.split(":")[1] if ":" in spec else "refined"
             method = TemplateRefine(get_method("template", library=library), dao, start_t=args.start_t, mode=mode)
         out = RUNS / f"{args.bench}_{Path(args.weights).stem}_{spec.replace(':', '_')}_{args.sampler}{args.steps}" \
-            f"_t{args.start_t}_r{args.refine_steps}_n{args.limit}_k{max(ks)}"
+            f"_t{args.start_t}_r{args.refine_steps}_n{args.limit}_k{max(ks)}" \
+            f"{'' if args.subset == 'all' else '_' + args.subset}"
         # the template-free subset: test entries whose anonymised formula is absent from the benchmark's val split
         library = load_split(args.bench, BENCHMARKS[args.bench].train_split)
-        report = evaluate_csp(method, test, ks=ks, out_dir=out, limit=args.limit, workers=1, progress=False,
+        rows_of = test if args.subset == "all" else test.subset(np.nonzero(template_free_mask(test, library))[0])
+        report = evaluate_csp(method, rows_of, ks=ks, out_dir=out, limit=args.limit, workers=1, progress=False,
                               library=library)
         row = {"method": spec, "weights": args.weights, "bench": args.bench, "sampler": args.sampler,
                "steps": args.steps, "start_t": args.start_t if spec.startswith("template+") else None,
-               "refine_steps": args.refine_steps if spec.startswith("template+") else None, "entries": args.limit,
+               "refine_steps": args.refine_steps if spec.startswith("template+") else None,
+               "entries": min(args.limit, len(rows_of)), "subset": args.subset,
                "results": report["results"], "generation_s_per_entry": report["timings"]["generation_s_per_entry"],
                "wall_s": time.perf_counter() - t0, "run_dir": str(out)}
         rows.append(row)
@@ -168,6 +176,8 @@ def main() -> None:
     p.add_argument("--csp_methods", default="dao-g,template+dao-g")
     p.add_argument("--start_t", type=int, default=100)
     p.add_argument("--refine_steps", type=int, default=20)
+    p.add_argument("--subset", choices=["all", "template_free"], default="all",
+                   help="test rows: all, or those whose anonymised formula is absent from the val split")
     args = p.parse_args()
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}

@@ -15,7 +15,7 @@ from xtalforge.data.dataset import CrystalDataset
 from xtalforge.diffusion.guidance import EnergyGuidance
 from xtalforge.diffusion.samplers import sample_pc
 from xtalforge.diffusion.schedules import DiffusionSchedule
-from xtalforge.models.dao_p import DAOP, exponential_energy_loss
+from xtalforge.models.dao_p import DAOP, exponential_energy_loss, relax_with_energy
 from xtalforge.properties.regressor import FineTuneConfig, PropertyRegressor, fine_tune
 
 TINY = CrysformerConfig(hidden=32, layers=2, heads=4, n_freq=4, time_dim=16)
@@ -159,6 +159,31 @@ def test_energy_guidance_is_strength_times_gradient() -> None:
     expected_f = 3.0 * 2 * math.pi * torch.sin(2 * math.pi * (frac - 0.25)) / n * mask[..., None]
     assert torch.allclose(g_f, expected_f, atol=1e-5)
     assert torch.allclose(g_l, 3.0 * 0.1 * (lat - 4 * torch.eye(3)), atol=1e-5)
+
+
+def test_relax_with_energy_lowers_energy_and_is_rotation_equivariant() -> None:
+    torch.manual_seed(0)
+    model = DAOP(TINY, timesteps=50).double().eval()
+    crystals = random_crystals(5, seed=4)
+    res = relax_with_energy(model, crystals, steps=15, max_strain=0.1)
+    # every crystal's energy is non-increasing (steps are accepted only if they lower it) and most moved
+    assert (res.energy_after <= res.energy_before + 1e-12).all()
+    assert (res.energy_after < res.energy_before - 1e-6).sum() >= 4 and (res.accepted_steps > 0).all()
+    for old, new in zip(crystals, res.crystals):
+        np.testing.assert_array_equal(new.numbers, old.numbers)  # composition and atom order unchanged
+        assert np.isfinite(new.lattice).all() and new.volume > 0.5 * old.volume
+    assert (res.strain <= 0.1 + 1e-9).all()
+    # rotate the Cartesian frame of the inputs: same energies, same fractional coordinates, rotated lattices
+    q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))
+    rotated = [Crystal(c.lattice @ q.T, c.frac_coords, c.numbers) for c in crystals]
+    res_rot = relax_with_energy(model, rotated, steps=15, max_strain=0.1)
+    np.testing.assert_allclose(res_rot.energy_after, res.energy_after, atol=1e-9)
+    for a, b in zip(res.crystals, res_rot.crystals):
+        np.testing.assert_allclose(b.lattice, a.lattice @ q.T, atol=1e-8)
+        d = (b.frac_coords - a.frac_coords + 0.5) % 1.0 - 0.5
+        assert np.abs(d).max() < 1e-8
+    # the returned crystals carry the reported energies (predict_energy runs in float32)
+    np.testing.assert_allclose(model.float().predict_energy(res.crystals), res.energy_after, atol=1e-4)
 
 
 def test_property_regressor_round_trip(tmp_path) -> None:

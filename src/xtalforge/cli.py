@@ -18,6 +18,12 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _rank_note() -> str:
+    from xtalforge.prediction import RANK_NOTE
+
+    return RANK_NOTE.replace("%", "%%")  # argparse formats help strings with %
+
+
 def build_parser() -> argparse.ArgumentParser:
     import xtalforge
 
@@ -28,8 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="ranked candidate structures for a formula, written as CIF files")
     p.add_argument("formula", help="e.g. CsV3Sb5 (reduced: Z is enumerated) or Ga4Te4 (exact cell)")
     p.add_argument("--n", type=int, default=20, help="number of candidates (default 20)")
-    p.add_argument("--method", default="auto", help="auto (best measured pipeline), template, dao-g, ...")
+    p.add_argument("--method", default="auto", help="auto (default: template candidates; DAO-G samples fill "
+                   "the slots templates leave empty), template, dao-g")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax candidates with CHGNet")
+    p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet}",
+                   help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
+                   "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet); auto (default): "
+                   "the method's order, or CHGNet energy with --relax chgnet. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
@@ -58,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--out", default=None, help="relaxed structure file (default <file>_relaxed.cif)")
 
-    p = sub.add_parser("property", help="predict a property of a structure with a shipped DAO-P head")
+    p = sub.add_parser("property", help="predict a property of a structure with shipped weights "
+                       "(fine-tuned DAO-P; composition model for Tc)")
     p.add_argument("file", nargs="+", help="CIF, POSCAR or extxyz file(s)")
-    p.add_argument("--property", required=True, help="formation_energy, band_gap, ... (see --list)")
+    p.add_argument("--property", required=True, help="formation_energy, band_gap, tc, bulk_modulus, shear_modulus, "
+                   "debye_temperature, thermal_conductivity or thermal_expansion")
 
     p = sub.add_parser("train", help="train a model (e.g. `xtalforge train dao-g --data mp_20_biternary`)")
     p.add_argument("model", choices=["dao-g"])
@@ -94,7 +107,7 @@ def cmd_predict(args) -> int:
     t0 = time.perf_counter()
     kwargs = {} if args.steps is None else {"steps": args.steps}
     candidates = predict(args.formula, n=args.n, method=args.method, relax=args.relax, seed=args.seed, z=args.z,
-                         device=args.device, **kwargs)
+                         device=args.device, rank_by=args.rank_by, **kwargs)
     out = Path(args.out or f"xtalforge_{args.formula}")
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     write_candidates(candidates, out, settings)
@@ -120,7 +133,7 @@ def cmd_evaluate(args) -> int:
         kwargs["device"] = args.device
         if args.steps is not None:
             kwargs["steps"] = args.steps
-    if library is not None and "template" in args.method:
+    if library is not None and (args.method == "auto" or "template" in args.method):
         from xtalforge.templates.library import benchmark_library
 
         # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)

@@ -53,22 +53,29 @@ def register(name: str) -> Callable:
 
 
 def available_methods() -> list[str]:
-    _import_builtin_methods()
+    _import_builtin_methods(_BUILTIN_MODULES)
     return sorted(_REGISTRY)
 
 
 def get_method(name: str, **kwargs) -> CSPMethod:
     """A method by name (``template``, ``dao-g``, ...); keyword arguments go to its factory."""
-    _import_builtin_methods()
+    # cheap modules first: the template method must not pay for importing torch (`predict` start-up time)
+    _import_builtin_methods(_BUILTIN_MODULES[:2])
+    if name not in _REGISTRY:
+        _import_builtin_methods(_BUILTIN_MODULES[2:])
     if name not in _REGISTRY:
         raise XtalforgeError(f"unknown method '{name}' (choose from {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name](**kwargs)
 
 
-def _import_builtin_methods() -> None:
+#: Modules that register the built-in methods; the first two do not import torch.
+_BUILTIN_MODULES = ("xtalforge.templates", "xtalforge.pipeline", "xtalforge.models.dao_g")
+
+
+def _import_builtin_methods(modules: Sequence[str]) -> None:
     import importlib
 
-    for module in ("xtalforge.templates", "xtalforge.models.dao_g"):
+    for module in modules:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:  # a method whose module is not written yet is simply absent

@@ -131,8 +131,15 @@ class PairMatcher:
 # The fast engine. Names follow pymatgen's StructureMatcher: struct1 = candidate, struct2 = target, fu = 1.
 
 
-def rms_dist_reduced(cand: Reduced, target: Reduced, tol: MatchTolerance) -> tuple[float, float] | None:
-    """``get_rms_dist(candidate, target)`` on preprocessed crystals (see the module docstring for the algorithm)."""
+def rms_dist_reduced(
+    cand: Reduced, target: Reduced, tol: MatchTolerance, first: bool = False
+) -> tuple[float, float] | None:
+    """``get_rms_dist(candidate, target)`` on preprocessed crystals (see the module docstring for the algorithm).
+
+    With ``first=True`` the search stops at the first (mapping, translation) within ``stol`` and returns its
+    distances instead of the best ones: enough to decide *whether* two crystals match (duplicate checks), and
+    several times cheaper on high-symmetry cells with many equivalent mappings.
+    """
     from pymatgen.util.coord_cython import pbc_shortest_vectors
     from scipy.optimize import linear_sum_assignment
 
@@ -163,27 +170,27 @@ def rms_dist_reduced(cand: Reduced, target: Reduced, tol: MatchTolerance) -> tup
     survivors = _subset_test(fc, s2fc, anchor, anchor_partners, frac_tol, mask == 0)
     if len(survivors) == 0:
         return None
-    # LLL basis of each average lattice that has a surviving translation (pbc_shortest_vectors works in it)
-    used = np.unique(survivors[:, 0])
-    reduced = [lll_reduce(avg[m]) for m in used]
-    lll_matrices = np.stack([r[0] for r in reduced])
-    lll_inverses = np.linalg.inv(np.stack([r[1] for r in reduced]))
-    lll_tols = _reciprocal_lengths(lll_matrices) * tol.stol / (np.pi * normalization[used, None])
-    slot = {int(m): i for i, m in enumerate(used)}
-    lattices = [_LLLLattice(lll_matrices[i], lll_inverses[i]) for i in range(len(used))]
+    # LLL basis of each average lattice that has a surviving translation (pbc_shortest_vectors works in it),
+    # computed on first use: an early exit never pays for the mappings it does not reach
+    lll: dict[int, tuple[_LLLLattice, np.ndarray]] = {}
 
     best: tuple[float, float] | None = None
     rows = np.arange(n)
     for m, t in survivors:
-        i = slot[int(m)]
+        m = int(m)
+        if m not in lll:
+            matrix, mapping = lll_reduce(avg[m])
+            lll_tol = _reciprocal_lengths(matrix[None])[0] * tol.stol / (np.pi * normalization[m])
+            lll[m] = (_LLLLattice(matrix, np.linalg.inv(mapping)), lll_tol)
+        lattice, lll_tol = lll[m]
         t_s2fc = s2fc + (fc[m, anchor_partners[t]] - s2fc[anchor])
-        vecs, d2 = pbc_shortest_vectors(lattices[i], t_s2fc, fc[m], mask, return_d2=True, lll_frac_tol=lll_tols[i])
+        vecs, d2 = pbc_shortest_vectors(lattice, t_s2fc, fc[m], mask, return_d2=True, lll_frac_tol=lll_tol)
         short = vecs[rows, linear_sum_assignment(d2)[1]]
         dist = np.sqrt(np.sum((short - short.sum(axis=0) / n) ** 2, axis=-1)) * normalization[m]
         val = float(np.sqrt(np.dot(dist, dist)) / n**0.5)
         if best is None or val < best[0]:
             best = (val, float(dist.max()))
-            if val < 1e-5 and val < tol.stol:  # pymatgen stops at an essentially perfect match
+            if val < tol.stol and (first or val < 1e-5):  # pymatgen stops at an essentially perfect match
                 return best
     if best is not None and best[0] < tol.stol:
         return best

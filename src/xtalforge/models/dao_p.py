@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,134 @@ class DAOP(DAOG):
         if ckpt.get("format") != "xtalforge-dao-p-1":
             raise XtalforgeError(f"{path} is not a DAO-P checkpoint (format {ckpt.get('format')!r})")
         return cls.from_checkpoint(ckpt).to(device).eval()
+
+
+# ---------------------------------------------------------------------- dataset relaxation (reference §2)
+@dataclass
+class EnergyRelaxation:
+    """Outcome of :func:`relax_with_energy` for M crystals.
+
+    Attributes:
+        crystals: (M,) relaxed crystals (same atoms in the same order; properties copied from the inputs).
+        energy_before, energy_after: (M,) DAO-P energies in eV/atom at ``t = CLEAN_T`` before / after.
+        accepted_steps: (M,) number of accepted descent steps per crystal.
+        strain: (M,) Frobenius norm of the symmetric strain applied to the lattice.
+    """
+
+    crystals: list[Crystal]
+    energy_before: np.ndarray
+    energy_after: np.ndarray
+    accepted_steps: np.ndarray
+    strain: np.ndarray
+
+
+def relax_with_energy(model: DAOP, crystals: Sequence[Crystal] | CrystalDataset, steps: int = 30,
+                      step_size: float = 0.05, max_step: float = 0.1, max_strain: float = 0.1,
+                      batch_atoms: int = 2048, t: int = CLEAN_T) -> EnergyRelaxation:
+    """Minimise DAO-P's predicted energy ``E_hat(M, t)`` over atom positions and lattice, batched.
+
+    Variables per crystal: Cartesian displacements ``u`` (N, 3) in Angstrom (so ``F = F_0 + u L_0^-1``) and a
+    symmetric strain ``S`` with ``L = L_0 (I + S)`` (rows of L are lattice vectors), ``|S|_F <= max_strain`` so the
+    lattice stays well-conditioned and no rotation is optimised. The optimiser is gradient descent with a
+    per-crystal step size and Armijo backtracking (accept a step only if it lowers that crystal's energy, then grow
+    the step 1.25x; otherwise halve it); each step is one forward + backward pass of the whole padded batch.
+    Unlike one L-BFGS over the summed batch energy (DAO's script: lr 1, 5 iterations), every crystal's trajectory
+    is independent of its batch-mates and its energy never increases. All quantities are norms or dot products in
+    Cartesian space, so the result is equivariant to a rotation of the input frame.
+
+    Args:
+        model: a DAO-P model (its ``energy`` is differentiable in lattice and frac).
+        crystals: M crystals.
+        steps: descent iterations (network calls with gradient).
+        step_size: initial step in Angstrom^2 per unit of scaled energy gradient.
+        max_step: largest displacement of any atom (and strain-length change) per step, Angstrom.
+        max_strain: bound on the Frobenius norm of the strain.
+        batch_atoms: padded atoms per batch.
+        t: the time at which the energy is evaluated (``CLEAN_T``: the clean structure).
+    """
+    if steps < 0 or step_size <= 0 or max_step <= 0 or max_strain <= 0:
+        raise XtalforgeError("relax_with_energy needs steps >= 0 and positive step_size, max_step, max_strain")
+    data = crystals if isinstance(crystals, CrystalDataset) else CrystalDataset.from_crystals(list(crystals))
+    m = len(data)
+    param = next(model.parameters())
+    before, after = np.zeros(m), np.zeros(m)
+    accepted, strain_norm = np.zeros(m, dtype=np.int64), np.zeros(m)
+    lattices, fracs = [None] * m, [None] * m
+    was_training = model.training
+    model.eval()
+    for idx in size_bucketed_batches(data.num_atoms, batch_atoms):
+        b = collate(data, idx, dtype=param.dtype).to(param.device)
+        res = _EnergyDescent(model, b, t, max_strain).run(steps, step_size, max_step)
+        before[idx], after[idx] = res["before"], res["after"]
+        accepted[idx], strain_norm[idx] = res["accepted"], res["strain"]
+        counts = data.num_atoms[idx]
+        for row, i in enumerate(idx):  # unpadding, one slice per crystal
+            lattices[i], fracs[i] = res["lattice"][row], res["frac"][row, : counts[row]]
+    model.train(was_training)
+    out = []
+    for i in range(m):
+        props = {k: v for k, v in data.meta.iloc[i].items()} if len(data.meta.columns) else {}
+        out.append(Crystal(lattices[i], fracs[i], data.atoms_of(i), props))
+    return EnergyRelaxation(out, before, after, accepted, strain_norm)
+
+
+class _EnergyDescent:
+    """One padded batch of :func:`relax_with_energy`: variables, energy + gradient, the descent loop."""
+
+    def __init__(self, model: DAOP, batch: CrystalBatch, t: int, max_strain: float) -> None:
+        self.model, self.b, self.max_strain = model, batch, max_strain
+        self.maskf = batch.mask.to(batch.lattice.dtype)[..., None]
+        self.inv0 = torch.linalg.inv(batch.lattice)
+        # the strain variable carries a length (strain x cell edge) so its gradient is on the scale of the
+        # displacement gradient and one step size serves both
+        self.edge = torch.linalg.det(batch.lattice).abs() ** (1 / 3)
+        self.eye = torch.eye(3, dtype=batch.lattice.dtype, device=batch.lattice.device)
+        self.t = torch.full((batch.lattice.shape[0],), int(t), dtype=torch.long, device=batch.lattice.device)
+
+    def strain(self, e: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 3) symmetric strain of the variable e, norm-clamped to max_strain."""
+        s = 0.5 * (e + e.transpose(1, 2)) / self.edge[:, None, None]
+        norm = s.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return s * (self.max_strain / norm).clamp(max=1.0)[:, None, None]
+
+    def structure(self, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lattice, unwrapped frac) for displacements u (B, N, 3) Angstrom and strain variable e."""
+        return self.b.lattice @ (self.eye + self.strain(e)), self.b.frac + (u @ self.inv0) * self.maskf
+
+    def evaluate(self, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scaled energies (B,) and their gradients w.r.t. u and e."""
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            e = e.detach().requires_grad_(True)
+            lat, frac = self.structure(u, e)
+            energy = self.model.energy(lat, frac, self.b.types, self.b.mask, self.t)
+            gu, ge = torch.autograd.grad(energy.sum(), (u, e))
+        return energy.detach(), gu * self.maskf, ge
+
+    def run(self, steps: int, step_size: float, max_step: float) -> dict[str, np.ndarray]:
+        u = torch.zeros_like(self.b.frac)
+        e = torch.zeros_like(self.b.lattice)
+        energy, gu, ge = self.evaluate(u, e)
+        first = energy
+        lr = torch.full_like(energy, float(step_size))
+        n_acc = torch.zeros(energy.shape, dtype=torch.long, device=energy.device)
+        for _ in range(steps):
+            # cap the step so no atom (and no strain length) moves more than max_step
+            biggest = torch.maximum(gu.norm(dim=2).amax(dim=1), ge.flatten(1).norm(dim=1)).clamp_min(1e-12)
+            a = torch.minimum(lr, max_step / biggest)
+            u_new, e_new = u - a[:, None, None] * gu, e - a[:, None, None] * ge
+            e_try, gu_try, ge_try = self.evaluate(u_new, e_new)
+            g2 = (gu**2).sum(dim=(1, 2)) + (ge**2).sum(dim=(1, 2))
+            ok = e_try <= energy - 1e-4 * a * g2  # Armijo condition, per crystal
+            okb = ok[:, None, None]
+            u, e = torch.where(okb, u_new, u), torch.where(okb, e_new, e)
+            gu, ge = torch.where(okb, gu_try, gu), torch.where(okb, ge_try, ge)
+            energy = torch.where(ok, e_try, energy)
+            lr = torch.where(ok, lr * 1.25, lr * 0.5)
+            n_acc += ok.long()
+        with torch.no_grad():
+            lat, frac = self.structure(u, e)
+            as_np = lambda x: x.double().cpu().numpy()  # noqa: E731
+            return {"before": as_np(self.model.unscale(first)), "after": as_np(self.model.unscale(energy)),
+                    "accepted": n_acc.cpu().numpy(), "strain": as_np(self.strain(e).flatten(1).norm(dim=1)),
+                    "lattice": as_np(lat), "frac": as_np(torch.remainder(frac, 1.0))}

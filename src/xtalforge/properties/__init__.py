@@ -3,7 +3,9 @@
     from xtalforge.properties import predict_property, available_properties
     predict_property("GaTe.cif", "band_gap")  # eV
 
-Shipped weights live in ``weights/dao_p_<property>.pt`` (each with a model card ``dao_p_<property>.md``).
+Shipped weights live in ``weights/dao_p_<property>.pt`` (fine-tuned DAO-P) or ``weights/composition_<property>.npz``
+(composition-only gradient boosting, shipped where it measured better, e.g. Tc), each with a model card ``.md``.
+``PropertySpec.model`` says which kind ``predict_property`` uses; the other kind can be asked for explicitly.
 """
 
 from __future__ import annotations
@@ -16,17 +18,26 @@ from pathlib import Path
 from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
 from xtalforge.models.dao_g import WEIGHTS_DIR
+from xtalforge.properties.baseline import CompositionPropertyModel
 from xtalforge.properties.regressor import PropertyRegressor
+
+#: Model kinds and their weight files (``{name}`` = property name).
+MODEL_FILES = {"dao_p": "dao_p_{name}.pt", "composition": "composition_{name}.npz"}
 
 
 @dataclass(frozen=True)
 class PropertySpec:
-    """A predictable property: the dataset column it is trained on and its unit."""
+    """A predictable property: the dataset column it is trained on, its unit and the kind of model shipped for it.
+
+    ``model`` is ``dao_p`` (fine-tuned structure model) or ``composition`` (composition-only gradient boosting,
+    used where it measured better than DAO-P).
+    """
 
     name: str
     label: str
     unit: str
     description: str
+    model: str = "dao_p"
 
 
 PROPERTIES: dict[str, PropertySpec] = {
@@ -34,13 +45,32 @@ PROPERTIES: dict[str, PropertySpec] = {
     for p in [
         PropertySpec("formation_energy", "formation_energy_per_atom", "eV/atom", "DFT (PBE) formation energy per atom"),
         PropertySpec("band_gap", "band_gap", "eV", "DFT (PBE) band gap"),
-        PropertySpec("tc", "tc", "K", "superconducting critical temperature"),
+        # composition model: 5-fold CV on SuperCon3D, MAE ~6 K vs 10.0 K for fine-tuned DAO-P (composition_tc.md)
+        PropertySpec("tc", "tc", "K", "superconducting critical temperature", model="composition"),
+        # AFLOW AEL-AGL property sets (WyckoffTransformer's copies; the exact AFLOW keywords are not documented
+        # upstream, units inferred from the value ranges), fine-tuned with bench/properties.py
+        PropertySpec("bulk_modulus", "bulk_modulus", "GPa", "AFLOW bulk modulus"),
+        PropertySpec("shear_modulus", "shear_modulus", "GPa", "AFLOW shear modulus"),
+        PropertySpec("debye_temperature", "debye_temperature", "K", "AFLOW (AGL) Debye temperature"),
+        PropertySpec("thermal_conductivity", "thermal_conductivity", "W/(m K)",
+                     "AFLOW (AGL) lattice thermal conductivity"),
+        PropertySpec("thermal_expansion", "thermal_expansion", "1/K", "AFLOW (AGL) thermal expansion coefficient"),
     ]
 }
 
 
-def weights_path(name: str) -> Path:
-    return WEIGHTS_DIR / f"dao_p_{name}.pt"
+def _spec(name: str) -> PropertySpec:
+    if name not in PROPERTIES:
+        raise XtalforgeError(f"unknown property '{name}' (choose from {', '.join(PROPERTIES)})")
+    return PROPERTIES[name]
+
+
+def weights_path(name: str, model: str | None = None) -> Path:
+    """Weight file of property ``name``; ``model`` (``dao_p`` / ``composition``) defaults to the shipped kind."""
+    kind = model or (PROPERTIES[name].model if name in PROPERTIES else "dao_p")
+    if kind not in MODEL_FILES:
+        raise XtalforgeError(f"unknown property model '{kind}' (choose from {', '.join(MODEL_FILES)})")
+    return WEIGHTS_DIR / MODEL_FILES[kind].format(name=name)
 
 
 def available_properties() -> list[str]:
@@ -48,33 +78,35 @@ def available_properties() -> list[str]:
     return [name for name in PROPERTIES if weights_path(name).is_file()]
 
 
-@lru_cache(maxsize=8)
-def load_property_model(name: str) -> PropertyRegressor:
-    """The shipped regressor of one property (cached)."""
-    if name not in PROPERTIES:
-        raise XtalforgeError(f"unknown property '{name}' (choose from {', '.join(PROPERTIES)})")
-    path = weights_path(name)
+@lru_cache(maxsize=16)
+def load_property_model(name: str, model: str | None = None) -> PropertyRegressor | CompositionPropertyModel:
+    """The shipped model of one property (cached); ``model`` picks the kind (default ``PROPERTIES[name].model``)."""
+    _spec(name)
+    path = weights_path(name, model)
     if not path.is_file():
-        raise XtalforgeError(f"no shipped weights for property '{name}' (available: "
+        raise XtalforgeError(f"no shipped weights for property '{name}' ({path.name}; available: "
                              f"{', '.join(available_properties()) or 'none'})")
+    if path.suffix == ".npz":
+        return CompositionPropertyModel.load(path)
     return PropertyRegressor.load(path)
 
 
-def predict_property(crystal_or_path: Crystal | str | os.PathLike, name: str) -> float:
+def predict_property(crystal_or_path: Crystal | str | os.PathLike, name: str, model: str | None = None) -> float:
     """Predict one property of one crystal.
 
     Args:
         crystal_or_path: a :class:`~xtalforge.crystal.Crystal` or a CIF / POSCAR / extxyz file.
-        name: ``formation_energy`` (eV/atom), ``band_gap`` (eV) or ``tc`` (K), if shipped
-            (see :func:`available_properties`).
+        name: ``formation_energy`` (eV/atom), ``band_gap`` (eV), ``tc`` (K) or another entry of
+            :data:`PROPERTIES`, if shipped (see :func:`available_properties`).
+        model: ``dao_p`` or ``composition`` to override the shipped kind (its weights must exist).
 
     Returns:
         the prediction in the property's unit (``PROPERTIES[name].unit``).
     """
-    model = load_property_model(name)
+    regressor = load_property_model(name, model)
     crystal = crystal_or_path if isinstance(crystal_or_path, Crystal) else Crystal.read(crystal_or_path)
-    return float(model.predict([crystal])[0])
+    return float(regressor.predict([crystal])[0])
 
 
-__all__ = ["PROPERTIES", "PropertyRegressor", "PropertySpec", "available_properties", "load_property_model",
-           "predict_property"]
+__all__ = ["MODEL_FILES", "PROPERTIES", "CompositionPropertyModel", "PropertyRegressor", "PropertySpec",
+           "available_properties", "load_property_model", "predict_property", "weights_path"]

@@ -3,7 +3,7 @@
 A :class:`PropertyRegressor` is a Crysformer (initialised from DAO-P weights) whose scalar head predicts the
 standardised label; the input is evaluated at the clean time step (``CLEAN_T`` of :mod:`xtalforge.models.dao_p`).
 :func:`fine_tune` trains one on a dataset column, keeping the weights with the lowest MAE on a held-out part of the
-training data.
+training data, or on a given validation set (datasets with a real val split, e.g. the AFLOW property sets).
 """
 
 from __future__ import annotations
@@ -138,20 +138,27 @@ class FineTuneConfig:
 
 
 def fine_tune(model: PropertyRegressor, data: CrystalDataset, y: np.ndarray, cfg: FineTuneConfig,
-              log=print) -> PropertyRegressor:
+              log=print, val: tuple[CrystalDataset, np.ndarray] | None = None) -> PropertyRegressor:
     """Train ``model`` on ``data`` with labels ``y`` (M,) in ``model.unit``; returns the best-holdout weights.
+
+    Args:
+        val: (dataset, labels) to pick the epoch on; then all of ``data`` is trained on and ``cfg.holdout`` is
+            unused. Default: hold out ``cfg.holdout`` of ``data``.
 
     Records steps, epochs, wall/CPU seconds and the holdout MAE in ``model.meta``.
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(len(data))
-    n_hold = max(1, int(round(cfg.holdout * len(data))))
-    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-    train, hold = data.subset(train_idx), data.subset(hold_idx)
     y = np.asarray(y, dtype=np.float64)
-    y_train, y_hold = torch.as_tensor(y[train_idx], dtype=torch.float32), y[hold_idx]
+    if val is None:
+        perm = np.random.default_rng(cfg.seed).permutation(len(data))
+        n_hold = max(1, int(round(cfg.holdout * len(data))))
+        hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+        train, hold, y_hold = data.subset(train_idx), data.subset(hold_idx), y[hold_idx]
+    else:
+        train_idx = np.arange(len(data))
+        train, (hold, y_hold) = data, (val[0], np.asarray(val[1], dtype=np.float64))
+    y_train = torch.as_tensor(y[train_idx], dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(size_bucketed_batches(train.num_atoms, cfg.batch_atoms, None, cfg.max_crystals))
     total = max(1, cfg.max_epochs * steps_per_epoch)
@@ -185,6 +192,7 @@ def fine_tune(model: PropertyRegressor, data: CrystalDataset, y: np.ndarray, cfg
     model.load_state_dict(best["state"])
     model.meta.update({"fine_tune": asdict(cfg), "steps": step, "epochs": epoch + 1, "best_epoch": best["epoch"],
                        "holdout_mae": best["mae"], "n_train": len(train), "n_holdout": len(hold),
+                       "holdout": "given val set" if val is not None else f"{cfg.holdout:.0%} of the training rows",
                        "wall_seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu0})
     return model.eval()
 

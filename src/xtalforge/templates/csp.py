@@ -352,7 +352,7 @@ class TemplateCSP(CSPMethod):
 
     def _match(self, a: Reduced, b: Reduced) -> bool:
         """True if two reduced candidates match under the evaluation's tolerances."""
-        return rms_dist_reduced(a, b, self._tolerance) is not None
+        return rms_dist_reduced(a, b, self._tolerance, first=True) is not None
 
     # ------------------------------------------------------------------ relaxation
     def _relax_and_rerank(self, cands: list[Crystal], n: int) -> list[Crystal]:

@@ -1,0 +1,105 @@
+"""Ranking candidates without an oracle (xtalforge.ranking) and ``predict(rank_by=...)`` / ``--rank-by``."""
+
+import json
+
+import numpy as np
+import pytest
+
+from xtalforge.crystal import Crystal
+from xtalforge.errors import XtalforgeError
+from xtalforge.ranking import chgnet_energy, dao_p_energy, order_of, plausible, rank
+
+
+@pytest.fixture(scope="module")
+def val_crystals():
+    from xtalforge.data.protocol import load_split
+
+    val = load_split("mp_20_biternary", "val")
+    return [val[i] for i in (3, 15, 27, 39)]  # Ca1Ac1Zn2, Ni6Sb2, Er1Pt3, Y1Mg1Ni4: real relaxed MP structures
+
+
+def squeezed(c: Crystal, distance: float) -> Crystal:
+    """Atom 1 moved to ``distance`` Angstrom from atom 0 (along x)."""
+    frac = c.frac_coords.copy()
+    frac[1] = np.linalg.solve(c.lattice.T, c.frac_coords[0] @ c.lattice + [distance, 0.0, 0.0])
+    return Crystal(c.lattice, frac % 1.0, c.numbers)
+
+
+def expanded(c: Crystal, factor: float) -> Crystal:
+    return Crystal(c.lattice * factor ** (1 / 3), c.frac_coords, c.numbers)
+
+
+def test_order_is_stable_with_non_finite_last():
+    assert order_of(np.array([2.0, np.nan, 1.0, 2.0, -np.inf])).tolist() == [2, 0, 3, 1, 4]  # non-finite last
+
+
+def test_dao_p_energy_is_permutation_consistent(val_crystals):
+    e = dao_p_energy(val_crystals)
+    perm = [2, 0, 3, 1]
+    e_perm = dao_p_energy([val_crystals[i] for i in perm])
+    assert e.shape == (4,) and np.all(np.isfinite(e))
+    np.testing.assert_allclose(e_perm, e[perm], atol=1e-5)
+    assert [perm[i] for i in rank([val_crystals[i] for i in perm], by="dao-p")] == rank(val_crystals, "dao-p").tolist()
+    # per-atom energy: a doubled cell (same crystal) scores about the same
+    c = val_crystals[0]
+    double = Crystal(c.lattice * [[2], [1], [1]], np.vstack([c.frac_coords * [0.5, 1, 1],
+                                                              c.frac_coords * [0.5, 1, 1] + [0.5, 0, 0]]),
+                     np.concatenate([c.numbers, c.numbers]))
+    assert abs(dao_p_energy([double])[0] - e[0]) < 0.15
+
+
+def test_chgnet_ranks_absurd_candidates_below_the_true_structure(val_crystals):
+    # DAO-P cannot do this: measured on 20 MP-20 val crystals it ranked the true structure above a copy with two
+    # atoms 0.5 A apart in 8/20 and above the 5x volume copy in 3/20 (its energy is mostly a function of composition)
+    for c in val_crystals[:2]:
+        cands = [expanded(c, 5.0), c, squeezed(c, 0.8)]
+        assert all(plausible(x) for x in cands)
+        order = rank(cands, by="chgnet")
+        assert order[0] == 1, chgnet_energy(cands)
+
+
+def test_implausible_cells_are_not_given_to_chgnet(val_crystals):
+    c = val_crystals[1]
+    collapsed = expanded(c, 0.03)  # ~0.5 A^3/atom: CHGNet's neighbour graph of such a cell ran out of memory
+    touching = squeezed(c, 0.3)
+    assert not plausible(collapsed) and not plausible(touching) and plausible(c)
+    e = chgnet_energy([collapsed, c, touching])
+    assert np.isnan(e[0]) and np.isfinite(e[1]) and np.isnan(e[2])
+    assert rank([collapsed, c, touching], by="chgnet")[0] == 1
+
+
+def test_unknown_ranking_is_an_error(val_crystals):
+    with pytest.raises(XtalforgeError, match="unknown ranking 'oracle'"):
+        rank(val_crystals, by="oracle")
+
+
+def test_predict_rank_by_orders_by_the_named_energy():
+    import xtalforge
+
+    default = xtalforge.predict("Ga4Te4", n=6)
+    by_score = xtalforge.predict("Ga4Te4", n=6, rank_by="score")
+    assert [c.crystal.volume for c in default] == [c.crystal.volume for c in by_score]
+    assert all(c.info["rank_by"] == "score" for c in default)
+    by_dao_p = xtalforge.predict("Ga4Te4", n=6, rank_by="dao-p")
+    values = [c.info["rank_value"] for c in by_dao_p]
+    assert values == sorted(values) and [c.rank for c in by_dao_p] == list(range(1, 7))
+    np.testing.assert_allclose(values, dao_p_energy([c.crystal for c in by_dao_p]), atol=1e-5)
+    assert sorted(c.crystal.volume for c in by_dao_p) == sorted(c.crystal.volume for c in default)
+
+
+def test_cli_rank_by(tmp_path, capsys):
+    from xtalforge.cli import main
+
+    assert main(["predict", "NaCl", "--n", "3", "--rank-by", "dao-p", "--out", str(tmp_path / "o")]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["settings"]["rank_by"] == "dao-p" and len(run["candidates"]) == 3
+
+
+def test_cli_bad_rank_by_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from xtalforge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "NaCl", "--rank-by", "oracle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xtalforge: error: unknown ranking 'oracle'") and "\n" not in err
+    assert not list(tmp_path.iterdir())

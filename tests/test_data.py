@@ -69,3 +69,14 @@ def test_protocol_refuses_test_ids():
     with pytest.raises(ProtocolError, match="perov_5 test split"):
         check_no_leak(test.subset([0, 1, 2]), "perov_5")
     check_no_leak(load_split("perov_5", "val"), "perov_5")
+
+
+def test_every_shipped_weight_file_is_small_and_has_a_model_card():
+    from xtalforge.models.dao_g import WEIGHTS_DIR
+
+    files = [p for p in WEIGHTS_DIR.iterdir() if p.suffix in (".pt", ".npz")]
+    assert len(files) >= 10
+    for p in files:
+        assert p.stat().st_size < 25 * 2**20, f"{p.name} is over 25 MB"
+        card = p.with_suffix(".md")
+        assert card.is_file() and len(card.read_text()) > 200, f"{p.name} has no model card"

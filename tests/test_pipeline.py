@@ -29,3 +29,13 @@ def test_generator_fills_short_rows_in_one_batch_and_ranks_them_last():
     n_template = methods.count("template")
     assert max(scores[n_template:]) < min(scores[:n_template]), "generated candidates score below templates"
     assert all(sorted(c.numbers.tolist()) == sorted(_cell({"Cs": 1, "V": 3, "Sb": 5})) for c in rows[1])
+
+
+def test_template_free_cells_alternate_templates_and_samples():
+    auto = get_method("auto", steps=5)
+    cell = _cell({"Li": 1, "Fe": 2, "O": 13})  # no library structure has counts (1, 2, 13)
+    assert not auto.templates.has_template(cell)
+    (row,) = auto.generate([cell], n=6, seed=0)
+    assert [c.properties["method"] for c in row] == ["template", "dao-g"] * 3
+    scores = [c.properties["score"] for c in row]
+    assert scores == sorted(scores, reverse=True), "scores decrease down the list"

@@ -33,7 +33,7 @@ from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import MatchTolerance, Reduced, reduce_structure, rms_dist_reduced
 from xtalforge.methods import CSPMethod, register
 from xtalforge.templates.chemistry import NUM_ELEMENTS, substitution_log_prob
-from xtalforge.templates.library import SYMPREC, TemplateLibrary, row_ids
+from xtalforge.templates.library import SYMPREC, TemplateLibrary, anonymous_key, row_ids
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,11 @@ class TemplateCSP(CSPMethod):
         }
 
     # ------------------------------------------------------------------ public
+    def has_template(self, numbers: Sequence[int]) -> bool:
+        """True if the library holds a structure with this cell's exact-count anonymised formula (otherwise every
+        candidate comes from the supercell / merged-site fallbacks: the "template-free" case)."""
+        return self.library.group(anonymous_key(np.asarray(numbers))) is not None
+
     def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
         """Candidates for a composition whose Z may be unknown: every Z with a template of exactly that cell, merged
         by score (a Z without one would only repeat a smaller Z's templates as supercells); the fallbacks of

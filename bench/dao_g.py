@@ -183,11 +183,12 @@ def main() -> None:
                    help="test rows: all, or those whose anonymised formula is absent from the val split")
     args = p.parse_args()
     out = Path(args.out)
+    new_rows = {section: {"throughput": bench_throughput, "sampling": bench_sampling, "csp": bench_csp}[section](args)
+                for section in args.sections.split(",")}
+    # read the file only now: another run may have appended rows while this one was computing
     results = json.loads(out.read_text()) if out.is_file() else {}
-    for section in args.sections.split(","):
-        rows = {"throughput": bench_throughput, "sampling": bench_sampling, "csp": bench_csp}[section](args)
-        results.setdefault(section, [])
-        results[section] = results[section] + rows
+    for section, rows in new_rows.items():
+        results[section] = results.get(section, []) + rows
     results["versions"] = package_versions()
     results["settings_last_run"] = vars(args)
     write_json(out, results)

@@ -23,3 +23,17 @@ def triclinic() -> Crystal:
     rng = np.random.default_rng(0)
     lattice = np.array([[4.1, 0.2, 0.1], [0.5, 5.2, 0.3], [0.4, 0.7, 6.3]])
     return Crystal(lattice, rng.uniform(size=(5, 3)), [8, 8, 22, 38, 8])
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch / OpenMP thread: small models on a shared CPU only contend with more (measured 20x
+    slower training steps under load)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)

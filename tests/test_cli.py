@@ -17,6 +17,8 @@ from xtalforge.cli import main
         (["predict", "NaCl", "--n", "0"], "n must be at least 1"),
         (["predict", "C200"], "limit"),
         (["evaluate", "--data", "nonexistent_set"], "no such data file"),
+        (["predict", "NaCl", "--method", "template", "--guidance", "1"], "does not take guidance"),
+        (["predict", "NaCl", "--method", "dao-g", "--guidance", "-1"], "guidance strength"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -21,16 +21,7 @@ from xtalforge.properties.regressor import FineTuneConfig, PropertyRegressor, fi
 TINY = CrysformerConfig(hidden=32, layers=2, heads=4, n_freq=4, time_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models on a shared CPU: a second thread only adds contention (measured 20x slower steps under load)
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny fits on a shared CPU: more threads only contend
 
 
 def random_crystals(n: int, seed: int = 0, atoms: tuple[int, int] = (2, 6)) -> list[Crystal]:
@@ -227,3 +218,15 @@ def test_predict_property_reads_a_file(tmp_path, nacl) -> None:
     value = predict_property(path, names[0])
     assert value == pytest.approx(float(load_property_model(names[0]).predict([nacl])[0]), abs=1e-6)
     assert PROPERTIES[names[0]].unit in ("eV/atom", "eV", "K")
+
+
+def test_dao_g_method_with_energy_guidance_changes_the_samples():
+    from xtalforge.methods import get_method
+
+    cell = [3, 3, 8]
+    plain = get_method("dao-g", steps=4).sample_cells([cell], seed=0)[0]
+    guided_method = get_method("dao-g", steps=4, guidance=20.0)
+    guided = guided_method.sample_cells([cell], seed=0)[0]
+    assert guided_method.settings()["guidance"] == 20.0 and guided_method.settings()["energy_weights"] == "energy_mp20"
+    assert plain is not None and guided is not None
+    assert not np.allclose(plain.frac_coords, guided.frac_coords), "the energy gradient must move the trajectory"

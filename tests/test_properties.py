@@ -18,17 +18,7 @@ from xtalforge.properties import (
 )
 from xtalforge.properties.baseline import TreeEnsemble
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # shared CPU: scikit-learn's OpenMP and torch threads only add contention for these small fits
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny fits on a shared CPU: more threads only contend
 
 
 def random_cells(n: int, seed: int = 0) -> list[np.ndarray]:

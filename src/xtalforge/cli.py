@@ -18,6 +18,12 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_guidance(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance", type=float, default=0.0, metavar="S",
+                   help="energy guidance strength s of DAO-G sampling by the shipped DAO-P energy model (default 0 = "
+                   "off; bench/guidance.py measured no gain at s = 1 or 20)")
+
+
 def _rank_note() -> str:
     from xtalforge.prediction import RANK_NOTE
 
@@ -43,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the method's order, or CHGNet energy with --relax chgnet. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
+    _add_guidance(p)
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
     p.add_argument("--seed", type=int, default=0)
     _add_device(p)
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per structure pair before giving up")
     p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
+    _add_guidance(p)
     p.add_argument("--seed", type=int, default=0)
     _add_device(p)
 
@@ -106,6 +114,8 @@ def cmd_predict(args) -> int:
 
     t0 = time.perf_counter()
     kwargs = {} if args.steps is None else {"steps": args.steps}
+    if args.guidance:
+        kwargs["guidance"] = args.guidance
     candidates = predict(args.formula, n=args.n, method=args.method, relax=args.relax, seed=args.seed, z=args.z,
                          device=args.device, rank_by=args.rank_by, **kwargs)
     out = Path(args.out or f"xtalforge_{args.formula}")
@@ -133,6 +143,8 @@ def cmd_evaluate(args) -> int:
         kwargs["device"] = args.device
         if args.steps is not None:
             kwargs["steps"] = args.steps
+        if args.guidance:
+            kwargs["guidance"] = args.guidance
     if library is not None and (args.method == "auto" or "template" in args.method):
         from xtalforge.templates.library import benchmark_library
 

@@ -7,6 +7,7 @@ with :func:`register`; ``get_method("template")`` returns a ready instance with 
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Sequence
 
 from xtalforge.composition import Target
@@ -65,7 +66,13 @@ def get_method(name: str, **kwargs) -> CSPMethod:
         _import_builtin_methods(_BUILTIN_MODULES[2:])
     if name not in _REGISTRY:
         raise XtalforgeError(f"unknown method '{name}' (choose from {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError:
+        known = ", ".join(p for p in inspect.signature(factory).parameters if p != "kwargs")
+        raise XtalforgeError(f"method '{name}' does not take {', '.join(sorted(kwargs))} (it takes: {known})") from None
+    return factory(**kwargs)
 
 
 #: Modules that register the built-in methods; the first two do not import torch.

@@ -109,10 +109,11 @@ class TemplatesThenGenerator(CSPMethod):
 
 @register("auto")
 def _make_auto(library=None, weights: str | None = None, steps: int = 50, sampler: str = "pc",
-               device: str = "cpu", step_lr: float | None = None) -> TemplatesThenGenerator:
-    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu")``."""
+               device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0) -> TemplatesThenGenerator:
+    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu", guidance=0.0)``."""
     templates = get_method("template", library=library)
     return TemplatesThenGenerator(
         templates,
-        lambda: get_method("dao-g", weights=weights, steps=steps, sampler=sampler, device=device, step_lr=step_lr),
+        lambda: get_method("dao-g", weights=weights, steps=steps, sampler=sampler, device=device, step_lr=step_lr,
+                           guidance=guidance),
     )

@@ -191,12 +191,23 @@ class DAOGMethod(CSPMethod):
     name = "dao-g"
 
     def __init__(self, model: DAOG, steps: int = 50, sampler: str = "pc", step_lr: float | None = None,
-                 batch_size: int = 256, device: str = "cpu", score_t: int = 5, min_atoms: int = 4) -> None:
+                 batch_size: int = 256, device: str = "cpu", score_t: int = 5, min_atoms: int = 4,
+                 guidance: float = 0.0, energy_weights: str = "energy_mp20") -> None:
         from xtalforge.diffusion.samplers import SAMPLERS
 
         if sampler not in SAMPLERS:
             raise XtalforgeError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+        if not np.isfinite(guidance) or guidance < 0:
+            raise XtalforgeError(f"guidance strength must be a finite number >= 0, got {guidance}")
         self.model = model.to(device).eval()
+        # energy guidance (reference §2): s * grad E_t of a DAO-P model added to every reverse step; 0 = off
+        self.guidance, self.energy_weights = float(guidance), energy_weights
+        self._guidance_hook = None
+        if self.guidance > 0:
+            from xtalforge.diffusion.guidance import EnergyGuidance
+            from xtalforge.models.dao_p import DAOP
+
+            self._guidance_hook = EnergyGuidance(DAOP.load(energy_weights, device).eval(), self.guidance)
         self.sample_fn = SAMPLERS[sampler]
         self.sampler, self.steps, self.batch_size, self.device = sampler, int(steps), int(batch_size), device
         self.step_lr = float(step_lr if step_lr is not None else model.meta.get("step_lr", 1e-5))
@@ -205,7 +216,8 @@ class DAOGMethod(CSPMethod):
 
     def settings(self) -> dict:
         return {"method": self.name, "sampler": self.sampler, "steps": self.steps, "step_lr": self.step_lr,
-                "weights": self.model.meta.get("name", ""), "train_data": self.model.meta.get("data", "")}
+                "weights": self.model.meta.get("name", ""), "train_data": self.model.meta.get("data", ""),
+                "guidance": self.guidance, "energy_weights": self.energy_weights if self.guidance else None}
 
     def _check(self, targets: Sequence[Sequence[int]]) -> None:
         for cell in targets:
@@ -239,7 +251,7 @@ class DAOGMethod(CSPMethod):
                 batch.frac = torch.as_tensor(frac, dtype=torch.float32)
             batch = batch.to(self.device)
             result = self.sample_fn(self.model, batch, self.steps, step_lr=self.step_lr, generator=gen,
-                                    start_t=start_t)
+                                    start_t=start_t, guidance=self._guidance_hook)
             scores = self._scores(result)
             lattices = result.lattice.double().cpu().numpy()
             fracs = result.frac.double().cpu().numpy()
@@ -295,10 +307,13 @@ class DAOGMethod(CSPMethod):
 
 @register("dao-g")
 def _make_dao_g(weights: str | None = None, steps: int = 50, device: str = "cpu", sampler: str = "pc",
-                batch_size: int = 256, step_lr: float | None = None) -> DAOGMethod:
-    """``get_method("dao-g", weights=None | name | path, steps=50, sampler="pc"|"ode", device="cpu", ...)``."""
+                batch_size: int = 256, step_lr: float | None = None, guidance: float = 0.0,
+                energy_weights: str = "energy_mp20") -> DAOGMethod:
+    """``get_method("dao-g", weights=None | name | path, steps=50, sampler="pc"|"ode", device="cpu",
+    guidance=0.0, energy_weights="energy_mp20", ...)``."""
     return DAOGMethod(DAOG.load(weights or DEFAULT_WEIGHTS, device), steps=steps, sampler=sampler,
-                      step_lr=step_lr, batch_size=batch_size, device=device)
+                      step_lr=step_lr, batch_size=batch_size, device=device, guidance=guidance,
+                      energy_weights=energy_weights)
 
 
 # ---------------------------------------------------------------------- templates refined by DAO-G

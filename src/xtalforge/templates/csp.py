@@ -468,8 +468,11 @@ def load_shipped_library() -> TemplateLibrary:
 
 
 @register("template")
-def _template_factory(library: TemplateLibrary | str | None = None, **kwargs) -> TemplateCSP:
+def _template_factory(library: TemplateLibrary | str | None = None, weights: RankWeights | None = None,
+                      relax: str = "none", relax_steps: int = 200, relax_top: int | None = None, dedupe: bool = True,
+                      pool_size: int = 4000) -> TemplateCSP:
     """``get_method("template", library=None | path | TemplateLibrary, relax="none" | "chgnet", ...)``."""
     if isinstance(library, (str, Path)):
         library = TemplateLibrary.load(library)
-    return TemplateCSP(library=library, **kwargs)
+    return TemplateCSP(library=library, weights=weights, relax=relax, relax_steps=relax_steps, relax_top=relax_top,
+                       dedupe=dedupe, pool_size=pool_size)

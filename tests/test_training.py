@@ -103,7 +103,7 @@ def test_ddp_two_cpu_processes(tiny_csv, tmp_path):
     assert sys.executable  # the test ran in this interpreter's environment
 
 
-def test_user_csv_training_data_is_filtered_and_its_clean_benchmarks_recorded(tmp_path):
+def test_user_csv_training_data_is_filtered_and_claimed_clean_for_no_benchmark(tmp_path):
     import pandas as pd
 
     from xtalforge.data.protocol import data_root
@@ -112,6 +112,6 @@ def test_user_csv_training_data_is_filtered_and_its_clean_benchmarks_recorded(tm
     rows = pd.read_csv(data_root() / "perov_5" / "test.csv.gz").head(3)  # three perov_5 *test* rows
     rows.to_csv(tmp_path / "mine.csv", index=False)
     data, clean = load_training_data(TrainConfig(data=str(tmp_path / "mine.csv"), max_atoms=5))
-    assert len(data) == 3 and "perov_5" not in clean and "carbon_24" in clean
+    assert len(data) == 3 and clean == []
     small, _ = load_training_data(TrainConfig(data=str(tmp_path / "mine.csv"), max_atoms=4))
     assert len(small) == 0, "cells above max_atoms are dropped, as for benchmark data"

@@ -43,6 +43,7 @@ from xtalforge.templates import RankWeights, TemplateCSP, anonymous_key, benchma
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path(__file__).resolve().parent.parent / "runs" / "template_csp"
+RANKERS = {"learned": "shipped", "hand": None}  # TemplateCSP(ranker=...) of the --ranker choices
 
 
 class HoldOutTemplateCSP(TemplateCSP):
@@ -60,7 +61,7 @@ class HoldOutTemplateCSP(TemplateCSP):
 
 def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[int], relax: str,
              weights: RankWeights, workers: int, dedupe: bool = True, relax_kw: dict | None = None,
-             subset: str = "all") -> dict:
+             subset: str = "all", ranker: str = "learned") -> dict:
     """Test-split report through ``evaluate_csp``; returns a flat row for the summary table.
 
     ``subset="template_free"`` evaluates only the test rows whose anonymised formula has no library entry (a random
@@ -71,8 +72,10 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
     library = benchmark_library(bench, pooled=pooled)
     t_library = time.perf_counter() - t0
     check_no_leak(list(library.ids), bench)
-    method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, **(relax_kw or {}))
+    method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
+                         **(relax_kw or {}))
     tag = relax if relax == "none" else f"{relax}-top{(relax_kw or {}).get('relax_top')}"
+    tag += "" if ranker == "learned" else f"_{ranker}"
     tag += "" if dedupe else "_nodedupe"
     tag += "" if subset == "all" else f"_{subset}"
     out_dir = RUNS / f"{bench}_{'pooled' if pooled else 'own'}_{tag}_n{limit or 'all'}_s{seed}"
@@ -104,7 +107,7 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
 
 
 def run_val(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[int], relax: str,
-            weights: RankWeights, dedupe: bool = True, relax_kw: dict | None = None) -> dict:
+            weights: RankWeights, dedupe: bool = True, relax_kw: dict | None = None, ranker: str = "learned") -> dict:
     """Leave-one-out on the val split (for choosing weights)."""
     split = "val"
     t0 = time.perf_counter()
@@ -112,7 +115,8 @@ def run_val(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[int
     t_library = time.perf_counter() - t0
     data = load_split(bench, split)
     idx = sample_indices(len(data), limit, seed)
-    method = HoldOutTemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, **(relax_kw or {}))
+    method = HoldOutTemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
+                                **(relax_kw or {}))
     matcher = PairMatcher()
     n_max = max(ks)
     ranks, rms, free, seconds = [], [], [], []
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subset", choices=["all", "template_free"], default="all", help="test rows to evaluate")
     ap.add_argument("--no-dedupe", action="store_true", help="keep candidates that match a better one")
     ap.add_argument("--workers", type=int, default=1, help="matching processes (test split)")
+    ap.add_argument("--ranker", choices=list(RANKERS), default="learned",
+                    help="learned re-ranker (the default of TemplateCSP) or the hand-made score alone")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
@@ -184,10 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         for pooled in pooled_modes:
             if args.split == "test":
                 r = run_test(bench, pooled, args.limit, args.seed, ks, args.relax, weights, args.workers,
-                             not args.no_dedupe, relax_kw, args.subset)
+                             not args.no_dedupe, relax_kw, args.subset, args.ranker)
             else:
                 r = run_val(bench, pooled, args.limit, args.seed, ks, args.relax, weights, not args.no_dedupe,
-                            relax_kw)
+                            relax_kw, args.ranker)
+            r["ranker"] = args.ranker
             rows.append(r)
             cols = " | ".join(f"{r[f'match@{k}']:.1f}" for k in ks)
             free = " | ".join("-" if r[f"free_match@{k}"] is None else f"{r[f'free_match@{k}']:.1f}" for k in ks)

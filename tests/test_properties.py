@@ -96,6 +96,18 @@ def test_shipped_tc_is_the_composition_model(tmp_path, nacl) -> None:
     assert predict_property(strained, "tc") == pytest.approx(value)
 
 
+def test_composition_gets_a_generated_structure(nacl) -> None:
+    from xtalforge.properties import resolve_structure
+
+    assert resolve_structure(nacl) is nacl
+    crystal = resolve_structure("Na4Cl4", method="template")
+    assert crystal.properties["generated_by"] == "template" and sorted(crystal.numbers.tolist()) == [11] * 4 + [17] * 4
+    if "tc" in available_properties():
+        assert predict_property("Na4Cl4", "tc", method="template") == pytest.approx(predict_property(crystal, "tc"))
+    with pytest.raises(XtalforgeError, match="neither a structure file nor a composition"):
+        resolve_structure("no/such/file.cif")
+
+
 def test_unknown_property_and_missing_model_kind() -> None:
     with pytest.raises(XtalforgeError, match="unknown property"):
         load_property_model("colour")

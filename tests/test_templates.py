@@ -9,9 +9,11 @@ import pytest
 
 from xtalforge.composition import Target
 from xtalforge.crystal import Crystal
+from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import PairMatcher, reduce_structure
 from xtalforge.templates import TemplateCSP, TemplateLibrary
 from xtalforge.templates.csp import SHIPPED_LIBRARY, _slot_mappings
+from xtalforge.templates.ranker import FEATURES, TemplateRanker, candidate_features
 
 
 def _crystal(spacegroup: str, a: float, species: list[str], coords: list[list[float]], c: float | None = None,
@@ -157,3 +159,56 @@ def test_unseen_noble_gas_gets_a_physical_volume():
 
     cands = get_method("template").predict_target(Target.parse("HeNe"), 3)
     assert cands and all(c.volume / c.num_atoms > 5.0 for c in cands)
+
+
+def _toy_ranker(column: str, weight: float) -> TemplateRanker:
+    """A ranker whose score is ``weight * tanh(feature)`` of one feature (standardisation off)."""
+    f = len(FEATURES)
+    w1 = np.zeros((f, 1))
+    w1[FEATURES.index(column), 0] = 1.0
+    return TemplateRanker(np.zeros(f), np.ones(f), w1, np.zeros(1), np.array([weight]))
+
+
+def test_candidate_features_describe_the_substitution(library: TemplateLibrary) -> None:
+    method = TemplateCSP(library, ranker=None)
+    numbers = np.array([30, 30, 16, 16])  # Zn2S2: wurtzite exactly, the 2-atom prototypes as supercells
+    pools = method._pools(numbers, 20)
+    types = method._structure_types(pools, method.weights)
+    x = candidate_features(method, pools, types, types.ranked, numbers)
+    assert x.shape == (len(types.ranked), len(FEATURES)) and np.isfinite(x).all()
+    col = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    assert col["log_rank"][0] == 0.0 and (np.diff(col["type_score"]) <= 1e-12).all()  # in ranked order
+    assert col["identity_fraction"].max() == 1.0  # Zn on Zn and S on S of a ZnS template
+    assert set(np.round(col["n_species"])) == {2.0} and (col["radius_ratio"] <= 1.0).all()
+    assert (col["hexagonal"] + col["cubic"] == 1.0).all()  # wurtzite or one of the cubic prototypes
+    assert col["hexagonal"][0] == 1.0 and (col["supercell"] == col["cubic"]).all()  # only wurtzite has 4 atoms
+
+
+def test_learned_ranker_reorders_candidates(library: TemplateLibrary, tmp_path) -> None:
+    numbers = [[30, 30, 16, 16]]
+    hand = TemplateCSP(library, ranker=None).generate(numbers, n=5)[0]
+    likes_cubic = TemplateCSP(library, ranker=_toy_ranker("cubic", 5.0)).generate(numbers, n=5)[0]
+    hand_ids = [c.properties["template_id"] for c in hand]
+    cubic_ids = [c.properties["template_id"] for c in likes_cubic]
+    assert hand_ids[0] == "wz-ZnS" and "zb-ZnS" in hand_ids
+    # within the known structures of ZnS the ranker decides (zinc blende now first) ...
+    assert cubic_ids[0] == "zb-ZnS" and cubic_ids.index("wz-ZnS") > 0
+    # ... but known and substituted candidates keep the places the hand-made order gives each class
+    known = {"wz-ZnS", "zb-ZnS"}
+    assert [i in known for i in hand_ids] == [i in known for i in cubic_ids]
+    # the same candidate set, only the order differs; the hand-made score is kept as template_score
+    assert sorted(hand_ids) == sorted(cubic_ids)
+    scores = [c.properties["score"] for c in likes_cubic]
+    assert scores == sorted(scores, reverse=True)
+    assert likes_cubic[0].properties["template_score"] < hand[0].properties["template_score"]
+    # weights round-trip; a ranker trained on other features is refused
+    ranker = _toy_ranker("cubic", -1.0)
+    loaded = TemplateRanker.load(ranker.save(tmp_path / "ranker.npz"))
+    x = np.random.default_rng(0).normal(size=(7, len(FEATURES)))
+    np.testing.assert_allclose(loaded.score(x), ranker.score(x))
+    ranker.features = ("a", "b")
+    ranker.save(tmp_path / "other.npz")
+    with pytest.raises(XtalforgeError, match="other features"):
+        TemplateRanker.load(tmp_path / "other.npz")
+    with pytest.raises(XtalforgeError, match="not found"):
+        TemplateRanker.load(tmp_path / "missing.npz")

@@ -187,17 +187,28 @@ def validate_arrays(lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.nd
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to ``path`` through a temporary file in the same folder, so no half-written file is ever seen."""
+    _atomic_write(path, ".tmp", lambda fh: fh.write(text.encode()))
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """``np.savez_compressed(path, **arrays)`` through a temporary file in the same folder (see
+    :func:`atomic_write_text`)."""
+    return _atomic_write(path, ".npz", lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def _atomic_write(path: str | os.PathLike, suffix: str, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def _umask() -> int:

@@ -91,22 +91,49 @@ def load_property_model(name: str, model: str | None = None) -> PropertyRegresso
     return PropertyRegressor.load(path)
 
 
-def predict_property(crystal_or_path: Crystal | str | os.PathLike, name: str, model: str | None = None) -> float:
+def resolve_structure(source: Crystal | str | os.PathLike, method: str = "auto", seed: int = 0) -> Crystal:
+    """The crystal whose property is predicted.
+
+    A :class:`~xtalforge.crystal.Crystal` is used as it is and an existing file is read; any other string is taken as
+    a composition and replaced by the best candidate of ``xtalforge.predict(source, n=1, method=method, seed=seed)``
+    (as the DAO paper does for superconductors known only by their formula). The candidate's
+    ``properties["generated_by"]`` names the method.
+    """
+    if isinstance(source, Crystal):
+        return source
+    if Path(source).is_file():
+        return Crystal.read(source)
+    from xtalforge.composition import Target
+    from xtalforge.prediction import predict
+
+    try:
+        Target.parse(str(source))
+    except XtalforgeError as exc:
+        raise XtalforgeError(f"'{source}' is neither a structure file nor a composition ({exc})") from None
+    crystal = predict(str(source), n=1, method=method, seed=seed)[0].crystal
+    crystal.properties["generated_by"] = method
+    return crystal
+
+
+def predict_property(crystal_or_path: Crystal | str | os.PathLike, name: str, model: str | None = None,
+                     method: str = "auto", seed: int = 0) -> float:
     """Predict one property of one crystal.
 
     Args:
-        crystal_or_path: a :class:`~xtalforge.crystal.Crystal` or a CIF / POSCAR / extxyz file.
+        crystal_or_path: a :class:`~xtalforge.crystal.Crystal`, a CIF / POSCAR / extxyz file, or a composition
+            (a structure is generated first, see :func:`resolve_structure`).
         name: ``formation_energy`` (eV/atom), ``band_gap`` (eV), ``tc`` (K) or another entry of
             :data:`PROPERTIES`, if shipped (see :func:`available_properties`).
         model: ``dao_p`` or ``composition`` to override the shipped kind (its weights must exist).
+        method, seed: how a structure is generated for a composition.
 
     Returns:
         the prediction in the property's unit (``PROPERTIES[name].unit``).
     """
     regressor = load_property_model(name, model)
-    crystal = crystal_or_path if isinstance(crystal_or_path, Crystal) else Crystal.read(crystal_or_path)
+    crystal = resolve_structure(crystal_or_path, method=method, seed=seed)
     return float(regressor.predict([crystal])[0])
 
 
 __all__ = ["MODEL_FILES", "PROPERTIES", "CompositionPropertyModel", "PropertyRegressor", "PropertySpec",
-           "available_properties", "load_property_model", "predict_property", "weights_path"]
+           "available_properties", "load_property_model", "predict_property", "resolve_structure", "weights_path"]

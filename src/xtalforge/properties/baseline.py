@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from xtalforge.backbone.elements import NUM_ELEMENTS
-from xtalforge.crystal import Crystal
+from xtalforge.crystal import Crystal, atomic_save_npz
 from xtalforge.data.dataset import CrystalDataset
 from xtalforge.errors import XtalforgeError
 
@@ -198,19 +196,10 @@ class CompositionPropertyModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an ``.npz`` of plain arrays (loadable with ``allow_pickle=False``), atomically."""
-        path = Path(path)
         header = {"format": COMPOSITION_FORMAT, "name": self.name, "label": self.label, "unit": self.unit,
                   "log_target": self.log_target, "meta": self.meta}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, header=np.asarray(json.dumps(header, default=str)), table=self.table,
-                                **self.trees.arrays)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped weights are world-readable like the others
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save_npz(path, header=np.asarray(json.dumps(header, default=str)), table=self.table,
+                        **self.trees.arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CompositionPropertyModel:

@@ -34,6 +34,7 @@ from xtalforge.evaluation.matching import MatchTolerance, Reduced, reduce_struct
 from xtalforge.methods import CSPMethod, register
 from xtalforge.templates.chemistry import NUM_ELEMENTS, substitution_log_prob
 from xtalforge.templates.library import SYMPREC, TemplateLibrary, anonymous_key, row_ids
+from xtalforge.templates.ranker import TemplateRanker, candidate_features, type_logsumexp
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "weights" / "template
 MAX_MAPPINGS = 720
 #: Most StructureMatcher comparisons per target when removing duplicate candidates (each costs ~5-30 ms).
 MAX_COMPARISONS = 12
+#: The learned ranker re-orders this many best structure types of the hand-made score (the rest follow them).
+RERANK_TOP = 40
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class _Pool:
     stability: np.ndarray  # (P,) template's eV/atom above the most stable entry of its system
     penalty: float  # supercell / merge penalty of the group
     multiplier: int  # template cells per target cell
+    counts: np.ndarray  # (S,) atoms on each slot in the target cell
 
     def score(self, w: RankWeights) -> np.ndarray:
         """(P,) log-score of each pair."""
@@ -86,7 +90,7 @@ class _Pool:
 
     def take(self, keep: np.ndarray) -> _Pool:
         return _Pool(self.template[keep], self.elements[keep], self.slots[keep], self.substitution[keep],
-                     self.stability[keep], self.penalty, self.multiplier)
+                     self.stability[keep], self.penalty, self.multiplier, self.counts)
 
 
 @dataclass
@@ -96,9 +100,11 @@ class _Types:
     Attributes:
         origin: (P, 2) pool index and row of every pair.
         type_of: (P,) structure type of every pair.
-        score: (T,) ``temperature * logsumexp(member scores / temperature)``.
+        score: (T,) ``temperature * logsumexp(member scores / temperature)`` (the learned ranker's score for the
+            types it re-ranked, when one is used).
         representative: (T,) best-scoring pair of each type.
         ranked: (T,) types, best first.
+        hand_score: (T,) the hand-made score (equal to ``score`` without a learned ranker).
     """
 
     origin: np.ndarray
@@ -106,6 +112,11 @@ class _Types:
     score: np.ndarray
     representative: np.ndarray
     ranked: np.ndarray
+    hand_score: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.hand_score is None:
+            self.hand_score = self.score
 
 
 class TemplateCSP(CSPMethod):
@@ -120,6 +131,8 @@ class TemplateCSP(CSPMethod):
         relax_top: relax only the best this many candidates (None: all); the rest follow them unrelaxed.
         dedupe: compare candidates with ``StructureMatcher`` and keep one of each matching set.
         pool_size: at most this many (template, mapping) pairs per target enter grouping (best first).
+        ranker: re-order the best ``RERANK_TOP`` structure types with a learned :class:`TemplateRanker`: ``"shipped"``
+            (the default: the weights shipped with xtalforge), a ranker, or None (hand-made score only).
     """
 
     name = "template"
@@ -133,6 +146,7 @@ class TemplateCSP(CSPMethod):
         relax_top: int | None = None,
         dedupe: bool = True,
         pool_size: int = 4000,
+        ranker: TemplateRanker | str | None = "shipped",
     ) -> None:
         if relax not in ("none", "chgnet"):
             raise XtalforgeError(f"unknown relax mode '{relax}' (choose 'none' or 'chgnet')")
@@ -143,6 +157,9 @@ class TemplateCSP(CSPMethod):
         self.relax_top = relax_top
         self.dedupe = dedupe
         self.pool_size = int(pool_size)
+        self.ranker = TemplateRanker.load() if ranker == "shipped" else ranker
+        if isinstance(self.ranker, str):
+            self.ranker = TemplateRanker.load(self.ranker)
         # larger cells than any template can still be built from supercells and merged sites
         self.max_atoms = max(52, int(self.library.num_atoms.max()) if len(self.library) else 0)
         self._substitution = substitution_log_prob()
@@ -161,6 +178,7 @@ class TemplateCSP(CSPMethod):
             "relax_steps": self.relax_steps if self.relax != "none" else 0,
             "relax_top": self.relax_top if self.relax != "none" else 0,
             "dedupe": self.dedupe,
+            "ranker": "learned" if self.ranker is not None else "hand-made",
         }
 
     # ------------------------------------------------------------------ public
@@ -206,7 +224,22 @@ class TemplateCSP(CSPMethod):
         pools = self._pools(numbers, n, exact_only)
         if not pools:
             return []
-        return self._build_ranked(pools, self._structure_types(pools, self.weights), numbers, n)
+        types = self._structure_types(pools, self.weights)
+        if self.ranker is not None:
+            types = self._rerank(pools, types, numbers)
+        return self._build_ranked(pools, types, numbers, n)
+
+    def _rerank(self, pools: list[_Pool], types: _Types, numbers: np.ndarray) -> _Types:
+        """Re-order the best ``RERANK_TOP`` types with the learned ranker; the others follow in hand-made order.
+
+        The re-ordered types take over the hand-made scores of the places they move to, so scores stay comparable
+        between cells (``predict_target`` merges the candidates of several Z by score)."""
+        top = types.ranked[:RERANK_TOP]
+        new = top[self.ranker.order(candidate_features(self, pools, types, top, numbers))]
+        score = types.score.copy()
+        score[new] = types.score[top]
+        ranked = np.concatenate([new, types.ranked[RERANK_TOP:]])
+        return _Types(types.origin, types.type_of, score, types.representative, ranked, types.score)
 
     def _pools(self, numbers: np.ndarray, n: int, exact_only: bool = False) -> list[_Pool]:
         """Scored template groups for a target cell, widening retrieval level by level until ``n`` prototypes."""
@@ -259,7 +292,8 @@ class TemplateCSP(CSPMethod):
         sub = self._substitution[target_on_slot[:, None, :], group.slots[None, :, :]].sum(axis=-1)
         f_idx, g_idx = (x.ravel() for x in np.indices(sub.shape))
         pool = _Pool(group.indices[g_idx], target_on_slot[f_idx], group.slots[g_idx], sub.ravel(),
-                     self.library.stability[group.indices[g_idx]], penalty, multiplier)
+                     self.library.stability[group.indices[g_idx]], penalty, multiplier,
+                     np.asarray(key, np.int64) * multiplier)
         if len(pool.template) > self.pool_size:
             pool = pool.take(np.argsort(-pool.score(self.weights), kind="stable")[: self.pool_size])
         return pool
@@ -278,11 +312,7 @@ class TemplateCSP(CSPMethod):
                                  for k, p in enumerate(pools)])
         type_of = row_ids(np.concatenate(rows))
         n_types = int(type_of.max()) + 1
-        t = weights.temperature
-        best = np.full(n_types, -np.inf)
-        np.maximum.at(best, type_of, score)
-        total = np.bincount(type_of, weights=np.exp((score - best[type_of]) / t), minlength=n_types)
-        type_score = best + t * np.log(total)
+        type_score = type_logsumexp(score, type_of, n_types, weights.temperature)
         by_type = np.lexsort((-score, type_of))  # members of each type together, best first
         first = np.ones(len(by_type), bool)
         first[1:] = type_of[by_type[1:]] != type_of[by_type[:-1]]
@@ -307,7 +337,7 @@ class TemplateCSP(CSPMethod):
             pool = pools[k]
             crystal = self._build(pool, j, numbers)
             crystal.properties["score"] = float(types.score[type_id])
-            crystal.properties["template_score"] = float(types.score[type_id])
+            crystal.properties["template_score"] = float(types.hand_score[type_id])
             if self.dedupe and comparisons < MAX_COMPARISONS:
                 reduced = self._reduced_candidate(pool, j)
                 same_group = kept.setdefault(crystal.properties["spacegroup"], [])
@@ -470,9 +500,9 @@ def load_shipped_library() -> TemplateLibrary:
 @register("template")
 def _template_factory(library: TemplateLibrary | str | None = None, weights: RankWeights | None = None,
                       relax: str = "none", relax_steps: int = 200, relax_top: int | None = None, dedupe: bool = True,
-                      pool_size: int = 4000) -> TemplateCSP:
-    """``get_method("template", library=None | path | TemplateLibrary, relax="none" | "chgnet", ...)``."""
+                      pool_size: int = 4000, ranker: TemplateRanker | str | None = "shipped") -> TemplateCSP:
+    """``get_method("template", library=None | path | TemplateLibrary, relax="none" | "chgnet", ranker=..., ...)``."""
     if isinstance(library, (str, Path)):
         library = TemplateLibrary.load(library)
     return TemplateCSP(library=library, weights=weights, relax=relax, relax_steps=relax_steps, relax_top=relax_top,
-                       dedupe=dedupe, pool_size=pool_size)
+                       dedupe=dedupe, pool_size=pool_size, ranker=ranker)

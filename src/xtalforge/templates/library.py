@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtalforge.crystal import Crystal
+from xtalforge.crystal import Crystal, atomic_save_npz
 from xtalforge.data.dataset import CrystalDataset
 from xtalforge.errors import XtalforgeError
 
@@ -167,11 +167,8 @@ class TemplateLibrary:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write a compressed ``.npz`` atomically (temporary name in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(
-            tmp,
+        return atomic_save_npz(
+            path,
             format_version=np.int64(_FORMAT_VERSION),
             lattices=self.lattices.astype(np.float32),
             frac_coords=self.frac_coords.astype(np.float32),
@@ -186,8 +183,6 @@ class TemplateLibrary:
             energy_columns=np.asarray(self.energy_columns),
             source=np.asarray(self.source),
         )
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TemplateLibrary:

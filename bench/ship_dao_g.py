@@ -4,7 +4,12 @@
         --benchmark "mp_20_biternary (also mpts_52 cells <= 20 atoms)" --out src/xtalforge/weights/dao_g_mp20.pt
 
 ``--runs`` lists the runs in training order (each later one initialised from the EMA of the one before); the last
-run's ``ema.pt`` is shipped. Steps and wall seconds are summed from each run's ``log.jsonl``.
+run's ``ema.pt`` is shipped. Steps and wall seconds are summed from each run's ``log.jsonl``. ``--previous W`` (a
+shipped weight file the first run was initialised from) carries its recorded runs over, so a chain continued in a
+later session keeps its whole history:
+
+    python bench/ship_dao_g.py --previous src/xtalforge/weights/dao_g_mp20.pt --runs runs/dao_g_mp20_d --name mp20 \
+        --step_lr 1e-5 --benchmark "..." --out src/xtalforge/weights/dao_g_mp20.pt
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ def main() -> None:
     ap.add_argument("--step_lr", type=float, required=True, help="corrector step size stored with the weights")
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--previous", type=Path, default=None, help="shipped weights the first run started from")
     args = ap.parse_args()
     runs = [run_facts(Path(r)) for r in args.runs.split(",")]
+    if args.previous is not None:
+        runs = list(DAOG.load(args.previous).meta.get("train_runs", [])) + runs
     model = DAOG.load(Path(args.runs.split(",")[-1]) / "ema.pt")
     model.meta.update({
         "name": args.name, "step_lr": args.step_lr, "benchmark": args.benchmark,

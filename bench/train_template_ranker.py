@@ -11,7 +11,7 @@
    structures for training; evaluation uses the full lists and the shipped ordering rule.
 3. Fit on all collected entries and write src/xtalforge/weights/template_ranker.npz (+ the JSON in bench/results/).
 
-    nice python bench/train_template_ranker.py --limit 2500 --workers 2   # hidden 32, 120 epochs (chosen by this CV)
+    nice python bench/train_template_ranker.py --limit 10000 --workers 2   # every val entry (hidden 32, 120 epochs)
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ DEFAULT_RANK_BY = "score"
 #: The measurement behind :data:`DEFAULT_RANK_BY` (also shown by ``xtalforge predict --help``).
 RANK_NOTE = (
     'Measured by bench/ranking.py (100 random MP-20 bi/ternary test entries, 20 candidates each): rank-1 match of '
-    "template candidates in the method's own order 64%, by CHGNet static energy 63%, by DAO-P energy 8% (random "
-    'pick 16%, oracle-of-20 87%); DAO-G samples (mp20 weights, 13,800 steps) 17 / 23 / 8% (random 13%, oracle 55%). '
+    "template candidates in the method's own (then hand-made) order 64%, by CHGNet static energy 63%, by DAO-P "
+    'energy 8% (random pick 16%, oracle-of-20 87%); DAO-G samples (mp20 weights, 13,800 steps) 17 / 23 / 8% '
+    '(random 13%, oracle 55%). '
     'CHGNet energy after 20 FIRE steps of the 3 lowest (static CHGNet): 55% vs 65% for templates on 20 entries. '
     "Re-ranking templates costs ~1.2 s per 20 candidates plus model loading and gained nothing measurable, so auto "
     "keeps the method's order (DAO-G candidates come after template ones; --rank-by chgnet re-ranks everything)."

@@ -178,7 +178,7 @@ class TemplateCSP(CSPMethod):
             "relax_steps": self.relax_steps if self.relax != "none" else 0,
             "relax_top": self.relax_top if self.relax != "none" else 0,
             "dedupe": self.dedupe,
-            "ranker": "learned" if self.ranker is not None else "hand-made",
+            "ranker": f"learned:{self.ranker.digest}" if self.ranker is not None else "hand-made",
         }
 
     # ------------------------------------------------------------------ public

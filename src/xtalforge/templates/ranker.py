@@ -184,6 +184,16 @@ class TemplateRanker:
     features: tuple[str, ...] = FEATURES
     info: str = ""
 
+    @property
+    def digest(self) -> str:
+        """Short hash of the weights, recorded in results so a score can be traced to the file that produced it."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in (self.mean, self.std, self.w1, self.b1, self.w2):
+            h.update(np.ascontiguousarray(a, np.float64).tobytes())
+        return h.hexdigest()[:12]
+
     def score(self, x: np.ndarray) -> np.ndarray:
         """(..., T) network scores of a (..., T, F) feature array."""
         h = np.tanh(((np.asarray(x, np.float64) - self.mean) / self.std) @ self.w1 + self.b1)

@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import time
@@ -34,6 +35,15 @@ from xtalforge.models.dao_g import DAOG, DAOGMethod
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dao_g.json"
 RUNS = Path(__file__).resolve().parent.parent / "runs" / "bench_dao_g"
+
+
+def weights_tag(weights: str) -> str:
+    """Run-folder name part for DAO-G weights: the shipped name, or a file's stem plus a hash of its bytes (two runs'
+    ``ema.pt`` must not share a resumable folder)."""
+    path = Path(weights)
+    if not path.is_file():
+        return weights
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
 
 
 def peak_rss_mb() -> float:
@@ -120,7 +130,7 @@ def bench_csp(args) -> list[dict]:
             dao.steps = args.refine_steps
             mode = spec.split(":")[1] if ":" in spec else "refined"
             method = TemplateRefine(get_method("template", library=library), dao, start_t=args.start_t, mode=mode)
-        out = RUNS / f"{args.bench}_{Path(args.weights).stem}_{spec.replace(':', '_')}_{args.sampler}{args.steps}" \
+        out = RUNS / f"{args.bench}_{weights_tag(args.weights)}_{spec.replace(':', '_')}_{args.sampler}{args.steps}" \
             f"_t{args.start_t}_r{args.refine_steps}_n{args.limit}_k{max(ks)}" \
             f"{'' if args.subset == 'all' else '_' + args.subset}"
         # the template-free subset: test entries whose anonymised formula is absent from the benchmark's val split

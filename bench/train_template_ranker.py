@@ -30,7 +30,7 @@ import torch
 from template_csp import RESULTS, HoldOutTemplateCSP  # noqa: I001  (sibling script)
 from tqdm import tqdm
 
-from xtalforge.crystal import atomic_write_text
+from xtalforge.crystal import atomic_save_npz, atomic_write_text
 from xtalforge.data.protocol import BENCHMARKS, check_no_leak, load_split, sample_indices
 from xtalforge.evaluation.matching import MatchTolerance, reduce_structure, rms_dist_reduced
 from xtalforge.templates import benchmark_library
@@ -86,10 +86,7 @@ def collect(bench: str, limit: int, seed: int, workers: int) -> dict:
     entry = np.concatenate([np.full(len(r[2]), n) for n, r in enumerate(rows)])
     out = {"x": x, "y": y, "entry": entry, "n_entries": np.int64(len(rows)),
            "seconds": np.float64(time.perf_counter() - t0)}
-    RUNS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **out)
-    tmp.replace(path)
+    atomic_save_npz(path, **out)
     return out
 
 
@@ -99,9 +96,10 @@ def _lists(x: np.ndarray, y: np.ndarray, entry: np.ndarray, entries: np.ndarray)
     xs = np.zeros((len(entries), width, x.shape[1]))
     ys = np.zeros((len(entries), width), bool)
     mask = np.zeros((len(entries), width), bool)
-    for n, e in enumerate(entries):
-        rows = np.nonzero(entry == e)[0]
-        xs[n, : len(rows)], ys[n, : len(rows)], mask[n, : len(rows)] = x[rows], y[rows], True
+    start = np.searchsorted(entry, entries)  # rows of one entry are contiguous, entries in order
+    stop = np.searchsorted(entry, entries, side="right")
+    for n, (a, b) in enumerate(zip(start, stop)):
+        xs[n, : b - a], ys[n, : b - a], mask[n, : b - a] = x[a:b], y[a:b], True
     return xs, ys, mask
 
 

@@ -157,9 +157,9 @@ class TemplateCSP(CSPMethod):
         self.relax_top = relax_top
         self.dedupe = dedupe
         self.pool_size = int(pool_size)
-        self.ranker = TemplateRanker.load() if ranker == "shipped" else ranker
-        if isinstance(self.ranker, str):
-            self.ranker = TemplateRanker.load(self.ranker)
+        if isinstance(ranker, str):  # "shipped" or the path of a ranker file
+            ranker = TemplateRanker.load() if ranker == "shipped" else TemplateRanker.load(ranker)
+        self.ranker = ranker
         # larger cells than any template can still be built from supercells and merged sites
         self.max_atoms = max(52, int(self.library.num_atoms.max()) if len(self.library) else 0)
         self._substitution = substitution_log_prob()

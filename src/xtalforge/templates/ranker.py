@@ -21,6 +21,7 @@ test target never is. A version with such features scored +13 points of k=1 on v
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xtalforge.crystal import atomic_save_npz
 from xtalforge.errors import XtalforgeError
 from xtalforge.templates.chemistry import covalent_volumes, element_descriptors
 
@@ -147,21 +149,25 @@ def candidate_features(
     # second-best member: the best member masked out
     masked = pair_score.copy()
     masked[types.representative] = -np.inf
-    second = np.full(n_types, -np.inf)
-    np.maximum.at(second, types.type_of, masked)
+    second = type_max(masked, types.type_of, n_types)
     out[:, col] = np.minimum(pair_score[rep] - second[type_ids], 10.0)  # a lone member counts as a gap of 10
     weighted = np.concatenate([(sub_table[p.elements, p.slots] * (p.counts / p.counts.sum())).sum(axis=1)
                                - p.penalty for p in pools])
-    best_weighted = np.full(n_types, -np.inf)
-    np.maximum.at(best_weighted, types.type_of, weighted)
+    best_weighted = type_max(weighted, types.type_of, n_types)
     out[:, col + 1] = best_weighted[type_ids] - best_weighted.max()
     return out
 
 
+def type_max(values: np.ndarray, type_of: np.ndarray, n_types: int) -> np.ndarray:
+    """(n_types,) largest of each type's member values (-inf for a type without members)."""
+    best = np.full(n_types, -np.inf)
+    np.maximum.at(best, type_of, values)
+    return best
+
+
 def type_logsumexp(score: np.ndarray, type_of: np.ndarray, n_types: int, width: float) -> np.ndarray:
     """(n_types,) ``width * logsumexp(score / width)`` over each type's members."""
-    best = np.full(n_types, -np.inf)
-    np.maximum.at(best, type_of, score)
+    best = type_max(score, type_of, n_types)
     total = np.bincount(type_of, weights=np.exp((score - best[type_of]) / width), minlength=n_types)
     return best + width * np.log(total)
 
@@ -187,8 +193,6 @@ class TemplateRanker:
     @property
     def digest(self) -> str:
         """Short hash of the weights, recorded in results so a score can be traced to the file that produced it."""
-        import hashlib
-
         h = hashlib.sha256()
         for a in (self.mean, self.std, self.w1, self.b1, self.w2):
             h.update(np.ascontiguousarray(a, np.float64).tobytes())
@@ -216,8 +220,6 @@ class TemplateRanker:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a compressed ``.npz`` atomically (temporary name in the same folder, then rename)."""
-        from xtalforge.crystal import atomic_save_npz
-
         return atomic_save_npz(path, mean=self.mean, std=self.std, w1=self.w1, b1=self.b1, w2=self.w2,
                                features=np.array(self.features), info=np.array(self.info))
 

@@ -46,6 +46,12 @@ def weights_tag(weights: str) -> str:
     return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
 
 
+def settings_tag(method) -> str:
+    """Run-folder name part: a hash of the method's settings (a retrained template ranker must not resume the
+    results of the last one)."""
+    return hashlib.sha256(json.dumps(method.settings(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -132,7 +138,7 @@ def bench_csp(args) -> list[dict]:
             method = TemplateRefine(get_method("template", library=library), dao, start_t=args.start_t, mode=mode)
         out = RUNS / f"{args.bench}_{weights_tag(args.weights)}_{spec.replace(':', '_')}_{args.sampler}{args.steps}" \
             f"_t{args.start_t}_r{args.refine_steps}_n{args.limit}_k{max(ks)}" \
-            f"{'' if args.subset == 'all' else '_' + args.subset}"
+            f"{'' if args.subset == 'all' else '_' + args.subset}_{settings_tag(method)}"
         # the template-free subset: test entries whose anonymised formula is absent from the benchmark's val split
         library = load_split(args.bench, BENCHMARKS[args.bench].train_split)
         rows_of = test if args.subset == "all" else test.subset(np.nonzero(template_free_mask(test, library))[0])

@@ -75,7 +75,8 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
     method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
                          **(relax_kw or {}))
     tag = relax if relax == "none" else f"{relax}-top{(relax_kw or {}).get('relax_top')}"
-    tag += "" if ranker == "learned" else f"_{ranker}"
+    # a retrained ranker must not resume the results of the last one
+    tag += f"_learned-{method.ranker.digest[:8]}" if ranker == "learned" else f"_{ranker}"
     tag += "" if dedupe else "_nodedupe"
     tag += "" if subset == "all" else f"_{subset}"
     out_dir = RUNS / f"{bench}_{'pooled' if pooled else 'own'}_{tag}_n{limit or 'all'}_s{seed}"

@@ -11,7 +11,7 @@
    structures for training; evaluation uses the full lists and the shipped ordering rule.
 3. Fit on all collected entries and write src/xtalforge/weights/template_ranker.npz (+ the JSON in bench/results/).
 
-    nice python bench/train_template_ranker.py --limit 10000 --workers 2   # every val entry (hidden 32, 120 epochs)
+    nice python bench/train_template_ranker.py --limit 10000 --workers 2   # every val entry (5 x hidden 32, 120 epochs)
 """
 
 from __future__ import annotations
@@ -112,8 +112,12 @@ def within_class(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def fit(x: np.ndarray, y: np.ndarray, mask: np.ndarray, hidden: int, epochs: int, seed: int,
-        weight_decay: float) -> TemplateRanker:
-    """Listwise training: maximise log sum_{matching c} softmax(score)_c over each entry's candidates."""
+        weight_decay: float, members: int = 1) -> TemplateRanker:
+    """Listwise training: maximise log sum_{matching c} softmax(score)_c over each entry's candidates; ``members``
+    networks from seeds ``seed``, ``seed + 100``, ... averaged."""
+    if members > 1:
+        return TemplateRanker.ensemble([fit(x, y, mask, hidden, epochs, seed + 100 * m, weight_decay)
+                                        for m in range(members)])
     torch.manual_seed(seed)
     mask = within_class(x, mask)
     flat = x[mask]
@@ -161,6 +165,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=120)
     ap.add_argument("--weight_decay", type=float, default=1e-3)
+    ap.add_argument("--members", type=int, default=5, help="networks averaged (seed ensemble)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=SHIPPED_RANKER)
     args = ap.parse_args()
@@ -185,7 +190,7 @@ def main() -> None:
     cv = {b: {"hand": [], "learned": []} for b in benches}
     for f in range(args.folds):
         train = [np.concatenate([lists[b][i][folds[b] != f] for b in benches]) for i in range(3)]
-        ranker = fit(*train, args.hidden, args.epochs, args.seed + f, args.weight_decay)
+        ranker = fit(*train, args.hidden, args.epochs, args.seed + f, args.weight_decay, args.members)
         for b in benches:
             xs, ys, mask = (a[folds[b] == f] for a in lists[b])
             cv[b]["hand"].append((hits(-np.arange(xs.shape[1])[None].repeat(len(xs), 0), ys, mask), len(xs)))
@@ -204,7 +209,7 @@ def main() -> None:
               f"| {row['learned'][1]:.1f} / {row['learned'][20]:.1f} |")
     everything = [np.concatenate([lists[b][i] for b in benches]) for i in range(3)]
     t0 = time.perf_counter()
-    ranker = fit(*everything, args.hidden, args.epochs, args.seed, args.weight_decay)
+    ranker = fit(*everything, args.hidden, args.epochs, args.seed, args.weight_decay, args.members)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["top"] = RERANK_TOP
     info = {"trained_on": {b: len(lists[b][0]) for b in benches}, "dropped_test_ids": dropped,

@@ -13,7 +13,13 @@ from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import PairMatcher, reduce_structure
 from xtalforge.templates import TemplateCSP, TemplateLibrary
 from xtalforge.templates.csp import SHIPPED_LIBRARY, _slot_mappings
-from xtalforge.templates.ranker import FEATURES, TemplateRanker, candidate_features
+from xtalforge.templates.ranker import (
+    FEATURES,
+    TemplateRanker,
+    candidate_features,
+    contact_features,
+    first_shell_contacts,
+)
 
 
 def _crystal(spacegroup: str, a: float, species: list[str], coords: list[list[float]], c: float | None = None,
@@ -213,3 +219,36 @@ def test_learned_ranker_reorders_candidates(library: TemplateLibrary, tmp_path) 
         TemplateRanker.load(tmp_path / "other.npz")
     with pytest.raises(XtalforgeError, match="not found"):
         TemplateRanker.load(tmp_path / "missing.npz")
+
+
+def test_first_shell_contacts_of_rock_salt() -> None:
+    """Conventional NaCl (a = 5.64 A): every atom has 6 opposite-species neighbours at a/2, none of its own kind."""
+    a = 5.64
+    base = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    frac = np.concatenate([base, (base + 0.5) % 1.0])
+    numbers = np.array([11] * 4 + [17] * 4)
+    pairs, dist = first_shell_contacts(np.eye(3) * a, frac)
+    assert len(pairs) == 8 * 6 and np.allclose(dist, a / 2)
+    assert (numbers[pairs[:, 0]] != numbers[pairs[:, 1]]).all()
+    slots = np.array([11, 17])
+    same = contact_features((pairs, dist), slots, slots, numbers)
+    assert same[0] == 0.0 and same[2] == 0.0 and same[3] == 0.0 and same[4] == 0.0  # identity changes nothing
+    # Cl on both sites: like atoms now touch, the bonds lose their ionicity
+    homo = contact_features((pairs, dist), slots, np.array([17, 17]), numbers)
+    assert homo[3] == 1.0 and homo[4] < -1.0
+    # Cs on the Na site: one bond type only, so one stretch, no spread; the covalent volume rescale loosens nothing
+    cs = contact_features((pairs, dist), slots, np.array([55, 17]), numbers)
+    assert cs[0] < 1e-12 and np.isfinite(cs).all()
+
+
+def test_ranker_ensemble_averages_its_members(tmp_path) -> None:
+    a, b = _toy_ranker("cubic", 2.0), _toy_ranker("log_rank", -1.0)
+    both = TemplateRanker.ensemble([a, b])
+    x = np.random.default_rng(1).normal(size=(2, 9, len(FEATURES)))
+    np.testing.assert_allclose(both.score(x), (a.score(x) + b.score(x)) / 2)
+    assert both.score(x).shape == (2, 9) and both.digest not in (a.digest, b.digest)
+    loaded = TemplateRanker.load(both.save(tmp_path / "ensemble.npz"))
+    np.testing.assert_allclose(loaded.score(x), both.score(x))
+    shifted = TemplateRanker(a.mean + 1.0, a.std, a.w1, a.b1, a.w2)
+    with pytest.raises(XtalforgeError, match="standardisation"):
+        TemplateRanker.ensemble([a, shifted])

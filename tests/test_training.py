@@ -1,7 +1,6 @@
 """The DAO-G training loop: it learns, it resumes bit-identically, and it runs under torchrun (2 CPU processes)."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -86,12 +85,12 @@ def test_config_file_and_overrides(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_ddp_two_cpu_processes(tiny_csv, tmp_path):
     out = tmp_path / "ddp"
     args = [f"--{k}={v}" for k, v in TINY.items()]
-    cmd = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "xtalforge.training.train",
-           f"--data={tiny_csv}", f"--out_dir={out}", "--max_steps=3", *args]
+    # torchrun's module form: the venv's console scripts need not be on PATH
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "xtalforge.training.train", f"--data={tiny_csv}", f"--out_dir={out}", "--max_steps=3", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -34,7 +34,12 @@ from xtalforge.evaluation.matching import MatchTolerance, Reduced, reduce_struct
 from xtalforge.methods import CSPMethod, register
 from xtalforge.templates.chemistry import NUM_ELEMENTS, substitution_log_prob
 from xtalforge.templates.library import SYMPREC, TemplateLibrary, anonymous_key, row_ids
-from xtalforge.templates.ranker import TemplateRanker, candidate_features, type_logsumexp
+from xtalforge.templates.ranker import (
+    TemplateRanker,
+    candidate_features,
+    first_shell_contacts,
+    type_logsumexp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +171,7 @@ class TemplateCSP(CSPMethod):
         self._volumes = self.library.atomic_volumes
         self._tolerance = MatchTolerance()
         self._reduced_cache: dict[int, Reduced] = {}
+        self._contact_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def settings(self) -> dict:
         return {
@@ -384,6 +390,15 @@ class TemplateCSP(CSPMethod):
         r = self._reduced_cache[i]
         slot_of_atom = np.argmax(r.numbers[:, None] == pool.slots[j][None, :], axis=1)
         return Reduced(r.matrix, r.frac, pool.elements[j][slot_of_atom])
+
+    def template_contacts(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """First-shell contacts of library entry ``i`` (:func:`~xtalforge.templates.ranker.first_shell_contacts`),
+        computed once per template."""
+        if i not in self._contact_cache:
+            lib = self.library
+            frac = lib.frac_coords[lib.offsets[i] : lib.offsets[i + 1]]
+            self._contact_cache[i] = first_shell_contacts(lib.lattices[i], frac)
+        return self._contact_cache[i]
 
     def _match(self, a: Reduced, b: Reduced) -> bool:
         """True if two reduced candidates match under the evaluation's tolerances."""

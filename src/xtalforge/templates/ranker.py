@@ -55,10 +55,17 @@ FEATURES = (
     # the type's members as a kernel vote at several widths (the hand-made score is one width), each relative to
     # the best type of the target; the gap from the best member to the second; the best atom-weighted substitution
     *(f"kernel_gap_t{t:g}" for t in KERNEL_WIDTHS), "second_member_gap", "atom_weighted_gap",
+    # the template's first-shell contacts with the target's elements on them: an isotropic volume rescale cannot
+    # serve a substitution that needs some bonds longer and others shorter, or puts like atoms side by side
+    "contact_stretch_spread", "contact_tightness", "contact_tightness_change", "homo_contact_change",
+    "contact_ionicity_shift",
 )
 
 
 IDENTITY = FEATURES.index("identity_fraction")
+CONTACTS = FEATURES.index("contact_stretch_spread")
+#: Neighbours within this factor of an atom's nearest-neighbour distance form its first shell.
+SHELL = 1.2
 N_SPECIES = FEATURES.index("n_species")
 
 
@@ -155,7 +162,54 @@ def candidate_features(
                                - p.penalty for p in pools])
     best_weighted = type_max(weighted, types.type_of, n_types)
     out[:, col + 1] = best_weighted[type_ids] - best_weighted.max()
+    for n, (k, j) in enumerate(origin):
+        pool = pools[int(k)]
+        out[n, CONTACTS:] = contact_features(method.template_contacts(int(pool.template[j])), pool.slots[j],
+                                             pool.elements[j], lib.atoms_of(int(pool.template[j])))
     return out
+
+
+def first_shell_contacts(lattice: np.ndarray, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First-shell contacts of a periodic cell: (C, 2) atom indices and (C,) distances in Angstrom.
+
+    Atom ``i``'s shell is every periodic image of every atom within ``SHELL`` times its nearest-neighbour distance
+    (images of the 27 cells around the home cell; ``lattice`` (3, 3) rows are the lattice vectors)."""
+    shifts = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    delta = (frac[None, :, None, :] - frac[:, None, None, :] + shifts[None, None]) @ lattice  # (N, N, 27, 3)
+    d = np.linalg.norm(delta, axis=-1)
+    d[d < 1e-6] = np.inf  # an atom is not its own neighbour
+    nearest = d.min(axis=(1, 2))
+    i, j, _ = np.nonzero(d <= SHELL * nearest[:, None, None])
+    return np.stack([i, j], axis=1), d[d <= SHELL * nearest[:, None, None]]
+
+
+def contact_features(contacts: tuple[np.ndarray, np.ndarray], slots: np.ndarray, elements: np.ndarray,
+                     template_atoms: np.ndarray) -> np.ndarray:
+    """(5,) contact features of one substitution (see :data:`FEATURES`).
+
+    Args:
+        contacts: :func:`first_shell_contacts` of the template.
+        slots, elements: (S,) template element and target element of each slot.
+        template_atoms: (N,) atomic numbers of the template's atoms.
+    """
+    pairs, dist = contacts
+    if len(pairs) == 0:
+        return np.zeros(5)
+    d = element_descriptors()
+    radius, en, volumes = d["covalent_radius"], d["electronegativity"], covalent_volumes()
+    new_atoms = elements[np.argmax(template_atoms[:, None] == slots[None, :], axis=1)]
+    s, e = template_atoms[pairs], new_atoms[pairs]  # (C, 2) template / target element at each end
+    bond_s, bond_e = radius[s].sum(axis=1), radius[e].sum(axis=1)
+    scale = (volumes[new_atoms].sum() / volumes[template_atoms].sum()) ** (1.0 / 3.0)  # covalent, not fitted
+    tight_e = np.log((dist * scale / bond_e).min())
+    tight_s = np.log((dist / bond_s).min())
+    return np.array([
+        np.log(bond_e / bond_s).std(),
+        tight_e,
+        tight_e - tight_s,
+        (e[:, 0] == e[:, 1]).mean() - (s[:, 0] == s[:, 1]).mean(),
+        np.abs(en[e[:, 0]] - en[e[:, 1]]).mean() - np.abs(en[s[:, 0]] - en[s[:, 1]]).mean(),
+    ])
 
 
 def type_max(values: np.ndarray, type_of: np.ndarray, n_types: int) -> np.ndarray:
@@ -174,10 +228,13 @@ def type_logsumexp(score: np.ndarray, type_of: np.ndarray, n_types: int, width: 
 
 @dataclass
 class TemplateRanker:
-    """Two-layer network ``score = w2 . tanh(W1 (x - mean) / std + b1)``: higher is likelier the target's structure.
+    """An ensemble of two-layer networks, ``score = mean_m w2_m . tanh(W1_m (x - mean) / std + b1_m)``: higher is
+    likelier the target's structure. The members differ only in their random initialisation and batch order;
+    averaging them scored +0.8 points of MP-20 val k=1 over one network (bench/results/template_ranker.json).
 
     Attributes:
-        mean, std: (F,) feature standardisation. w1: (F, H). b1: (H,). w2: (H,).
+        mean, std: (F,) feature standardisation. w1: (M, F, H). b1: (M, H). w2: (M, H) for M members
+            (a single network may be given as (F, H), (H,), (H,)).
         features: the feature names it was trained on (must equal :data:`FEATURES`).
         info: how it was trained (free text / JSON), saved with the weights.
     """
@@ -190,6 +247,21 @@ class TemplateRanker:
     features: tuple[str, ...] = FEATURES
     info: str = ""
 
+    def __post_init__(self) -> None:
+        self.w1 = np.asarray(self.w1, np.float64).reshape(-1, *np.shape(self.w1)[-2:])
+        self.b1 = np.asarray(self.b1, np.float64).reshape(len(self.w1), -1)
+        self.w2 = np.asarray(self.w2, np.float64).reshape(len(self.w1), -1)
+
+    @classmethod
+    def ensemble(cls, members: list[TemplateRanker], info: str = "") -> TemplateRanker:
+        """One ranker averaging the scores of ``members`` (which must share their feature standardisation)."""
+        first = members[0]
+        if any(not np.allclose(m.mean, first.mean) or not np.allclose(m.std, first.std) for m in members):
+            raise XtalforgeError("ensemble members must share their feature standardisation")
+        return cls(first.mean, first.std, np.concatenate([m.w1 for m in members]),
+                   np.concatenate([m.b1 for m in members]), np.concatenate([m.w2 for m in members]),
+                   first.features, info)
+
     @property
     def digest(self) -> str:
         """Short hash of the weights, recorded in results so a score can be traced to the file that produced it."""
@@ -200,8 +272,9 @@ class TemplateRanker:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """(..., T) network scores of a (..., T, F) feature array."""
-        h = np.tanh(((np.asarray(x, np.float64) - self.mean) / self.std) @ self.w1 + self.b1)
-        return h @ self.w2
+        z = (np.asarray(x, np.float64) - self.mean) / self.std
+        h = np.tanh(np.einsum("...f,mfh->...mh", z, self.w1) + self.b1)  # (..., T, M, H)
+        return (h * self.w2).sum(-1).mean(-1)
 
     def order(self, x: np.ndarray) -> np.ndarray:
         """(T,) new order of T candidates given in hand-made order by their (T, F) features.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from template_csp import settings_tag  # noqa: I001  (sibling script)
 
 from xtalforge.backbone.crysformer import CrysformerConfig
 from xtalforge.data.batch import collate, collate_numbers, size_bucketed_batches
@@ -44,12 +45,6 @@ def weights_tag(weights: str) -> str:
     if not path.is_file():
         return weights
     return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
-
-
-def settings_tag(method) -> str:
-    """Run-folder name part: a hash of the method's settings (a retrained template ranker must not resume the
-    results of the last one)."""
-    return hashlib.sha256(json.dumps(method.settings(), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def peak_rss_mb() -> float:

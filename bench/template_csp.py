@@ -26,6 +26,7 @@ generation time and did not change k = 20 in leave-one-out on MP-20 val (87.3 wi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -44,6 +45,12 @@ from xtalforge.templates import RankWeights, TemplateCSP, anonymous_key, benchma
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path(__file__).resolve().parent.parent / "runs" / "template_csp"
 RANKERS = {"learned": "shipped", "hand": None}  # TemplateCSP(ranker=...) of the --ranker choices
+
+
+def settings_tag(method) -> str:
+    """Run-folder name part: a hash of the method's settings (a retrained ranker or other library must not resume
+    the results of the last one; ``evaluate_csp`` would refuse the folder)."""
+    return hashlib.sha256(json.dumps(method.settings(), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 class HoldOutTemplateCSP(TemplateCSP):
@@ -75,8 +82,7 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
     method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
                          **(relax_kw or {}))
     tag = relax if relax == "none" else f"{relax}-top{(relax_kw or {}).get('relax_top')}"
-    # a retrained ranker must not resume the results of the last one
-    tag += f"_learned-{method.ranker.digest[:8]}" if ranker == "learned" else f"_{ranker}"
+    tag += f"_{ranker}_{settings_tag(method)}"
     tag += "" if dedupe else "_nodedupe"
     tag += "" if subset == "all" else f"_{subset}"
     out_dir = RUNS / f"{bench}_{'pooled' if pooled else 'own'}_{tag}_n{limit or 'all'}_s{seed}"

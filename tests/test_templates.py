@@ -230,14 +230,13 @@ def test_first_shell_contacts_of_rock_salt() -> None:
     pairs, dist = first_shell_contacts(np.eye(3) * a, frac)
     assert len(pairs) == 8 * 6 and np.allclose(dist, a / 2)
     assert (numbers[pairs[:, 0]] != numbers[pairs[:, 1]]).all()
-    slots = np.array([11, 17])
-    same = contact_features((pairs, dist), slots, slots, numbers)
+    same = contact_features((pairs, dist), numbers, numbers)
     assert same[0] == 0.0 and same[2] == 0.0 and same[3] == 0.0 and same[4] == 0.0  # identity changes nothing
     # Cl on both sites: like atoms now touch, the bonds lose their ionicity
-    homo = contact_features((pairs, dist), slots, np.array([17, 17]), numbers)
+    homo = contact_features((pairs, dist), numbers, np.full(8, 17))
     assert homo[3] == 1.0 and homo[4] < -1.0
     # Cs on the Na site: one bond type only, so one stretch, no spread; the covalent volume rescale loosens nothing
-    cs = contact_features((pairs, dist), slots, np.array([55, 17]), numbers)
+    cs = contact_features((pairs, dist), numbers, np.where(numbers == 11, 55, numbers))
     assert cs[0] < 1e-12 and np.isfinite(cs).all()
 
 

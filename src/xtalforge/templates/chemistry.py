@@ -147,12 +147,16 @@ def _complete_with_descriptors(observed: np.ndarray) -> np.ndarray:
 NOBLE_GAS_VDW_RADII = {2: 1.40, 10: 1.54, 18: 1.88, 36: 2.02, 54: 2.16, 86: 2.20}
 
 
+@lru_cache(maxsize=1)
 def covalent_volumes() -> np.ndarray:
-    """(104,) sphere volumes 4/3 pi r^3 from covalent radii (van der Waals radii for noble gases), Angstrom^3."""
+    """(104,) sphere volumes 4/3 pi r^3 from covalent radii (van der Waals radii for noble gases), Angstrom^3.
+    Read-only: one array serves every caller (the ranker asks for it per candidate)."""
     r = element_descriptors()["covalent_radius"].copy()
     for z, radius in NOBLE_GAS_VDW_RADII.items():
         r[z] = radius / 2 ** (1 / 3)  # the fit rescales all priors by ~2x; this keeps vdW solids near their volume
-    return 4.0 / 3.0 * np.pi * r**3
+    volumes = 4.0 / 3.0 * np.pi * r**3
+    volumes.setflags(write=False)
+    return volumes
 
 
 def fit_atomic_volumes(

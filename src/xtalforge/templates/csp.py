@@ -93,6 +93,11 @@ class _Pool:
         """(P,) log-score of each pair."""
         return w.substitution * self.substitution - w.stability * self.stability - self.penalty
 
+    def target_atoms(self, j: int, template_atoms: np.ndarray) -> np.ndarray:
+        """(N,) target element of each template atom under mapping ``j`` (``template_atoms``: (N,) its elements)."""
+        slot_of_atom = np.argmax(template_atoms[:, None] == self.slots[j][None, :], axis=1)
+        return self.elements[j][slot_of_atom]
+
     def take(self, keep: np.ndarray) -> _Pool:
         return _Pool(self.template[keep], self.elements[keep], self.slots[keep], self.substitution[keep],
                      self.stability[keep], self.penalty, self.multiplier, self.counts)
@@ -367,8 +372,7 @@ class TemplateCSP(CSPMethod):
         i = int(pool.template[j])
         a, b = lib.offsets[i], lib.offsets[i + 1]
         template_atoms = lib.numbers[a:b]
-        slot_of_atom = np.argmax(template_atoms[:, None] == pool.slots[j][None, :], axis=1)
-        new_numbers = pool.elements[j][slot_of_atom]
+        new_numbers = pool.target_atoms(j, template_atoms)
         lattice, frac = lib.lattices[i], lib.frac_coords[a:b]
         if pool.multiplier > 1:
             lattice, frac, new_numbers = _supercell(lattice, frac, new_numbers, pool.multiplier)
@@ -388,8 +392,7 @@ class TemplateCSP(CSPMethod):
         if i not in self._reduced_cache:
             self._reduced_cache[i] = _reduce_fast(self.library, i)
         r = self._reduced_cache[i]
-        slot_of_atom = np.argmax(r.numbers[:, None] == pool.slots[j][None, :], axis=1)
-        return Reduced(r.matrix, r.frac, pool.elements[j][slot_of_atom])
+        return Reduced(r.matrix, r.frac, pool.target_atoms(j, r.numbers))
 
     def template_contacts(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """First-shell contacts of library entry ``i`` (:func:`~xtalforge.templates.ranker.first_shell_contacts`),

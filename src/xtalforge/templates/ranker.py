@@ -164,8 +164,9 @@ def candidate_features(
     out[:, col + 1] = best_weighted[type_ids] - best_weighted.max()
     for n, (k, j) in enumerate(origin):
         pool = pools[int(k)]
-        out[n, CONTACTS:] = contact_features(method.template_contacts(int(pool.template[j])), pool.slots[j],
-                                             pool.elements[j], lib.atoms_of(int(pool.template[j])))
+        template = int(pool.template[j])
+        atoms = lib.atoms_of(template)
+        out[n, CONTACTS:] = contact_features(method.template_contacts(template), atoms, pool.target_atoms(j, atoms))
     return out
 
 
@@ -179,25 +180,24 @@ def first_shell_contacts(lattice: np.ndarray, frac: np.ndarray) -> tuple[np.ndar
     d = np.linalg.norm(delta, axis=-1)
     d[d < 1e-6] = np.inf  # an atom is not its own neighbour
     nearest = d.min(axis=(1, 2))
-    i, j, _ = np.nonzero(d <= SHELL * nearest[:, None, None])
-    return np.stack([i, j], axis=1), d[d <= SHELL * nearest[:, None, None]]
+    shell = d <= SHELL * nearest[:, None, None]
+    i, j, _ = np.nonzero(shell)
+    return np.stack([i, j], axis=1), d[shell]
 
 
-def contact_features(contacts: tuple[np.ndarray, np.ndarray], slots: np.ndarray, elements: np.ndarray,
-                     template_atoms: np.ndarray) -> np.ndarray:
+def contact_features(contacts: tuple[np.ndarray, np.ndarray], template_atoms: np.ndarray,
+                     new_atoms: np.ndarray) -> np.ndarray:
     """(5,) contact features of one substitution (see :data:`FEATURES`).
 
     Args:
         contacts: :func:`first_shell_contacts` of the template.
-        slots, elements: (S,) template element and target element of each slot.
-        template_atoms: (N,) atomic numbers of the template's atoms.
+        template_atoms, new_atoms: (N,) atomic numbers of the template's atoms and the target's elements on them.
     """
     pairs, dist = contacts
     if len(pairs) == 0:
         return np.zeros(5)
     d = element_descriptors()
     radius, en, volumes = d["covalent_radius"], d["electronegativity"], covalent_volumes()
-    new_atoms = elements[np.argmax(template_atoms[:, None] == slots[None, :], axis=1)]
     s, e = template_atoms[pairs], new_atoms[pairs]  # (C, 2) template / target element at each end
     bond_s, bond_e = radius[s].sum(axis=1), radius[e].sum(axis=1)
     scale = (volumes[new_atoms].sum() / volumes[template_atoms].sum()) ** (1.0 / 3.0)  # covalent, not fitted

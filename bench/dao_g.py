@@ -4,7 +4,9 @@ Sections (run one or several; each merges its results into bench/results/dao_g.j
 
 * ``throughput``: forward + backward + AdamW step of the loss on MP-20 bi/ternary val batches (size-bucketed,
   ``--batch_atoms`` padded atoms per batch), crystals/s at 1 and 2 threads, default and paper-sized backbones.
-* ``sampling``: seconds per generated structure vs sampler steps (batch of ``--sample_batch`` test compositions).
+* ``sampling``: seconds per generated structure vs sampler steps, sampled as ``predict`` does (``--samples_per_entry``
+  samples of each of ``--sample_batch`` test compositions, size-bucketed batches). Rows without ``batching`` are
+  older measurements of one padded batch of 32 compositions (padding to the largest cell cost 2-3x).
 * ``csp``: :func:`xtalforge.evaluation.evaluate_csp` on ``--limit`` test entries (k = 1 and 20) for DAO-G and for
   ``template+dao-g`` (template candidates noised to ``--start_t`` and denoised), run folders under ``runs/bench_dao_g``.
 
@@ -29,7 +31,7 @@ import torch
 from template_csp import settings_tag  # noqa: I001  (sibling script)
 
 from xtalforge.backbone.crysformer import CrysformerConfig
-from xtalforge.data.batch import collate, collate_numbers, size_bucketed_batches
+from xtalforge.data.batch import collate, size_bucketed_batches
 from xtalforge.data.protocol import BENCHMARKS, load_split, sample_indices
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod
@@ -80,25 +82,29 @@ def bench_throughput(args) -> list[dict]:
 
 
 def bench_sampling(args) -> list[dict]:
-    from xtalforge.diffusion.samplers import SAMPLERS
-
+    """CPU time per structure as ``predict`` / ``evaluate`` sample: ``--samples_per_entry`` samples of each of
+    ``--sample_batch`` test compositions through :meth:`DAOGMethod.generate` (size-bucketed batches of up to 256
+    cells, plus the final scoring call)."""
     torch.set_num_threads(args.threads)
     model = DAOG.load(args.weights)
     test = load_split(args.bench, "test")
     idx = sample_indices(len(test), args.sample_batch, seed=0)
-    batch = collate_numbers([test.atoms_of(i).tolist() for i in idx])
+    targets = [test.atoms_of(i).tolist() for i in idx]
+    n_structures = len(targets) * args.samples_per_entry
     rows = []
     for spec in args.sampling_grid.split(","):
         sampler, steps = spec.split(":")
+        method = DAOGMethod(model, steps=int(steps), sampler=sampler, step_lr=BENCHMARKS[args.bench].step_lr)
         t0, c0 = time.perf_counter(), time.process_time()
-        SAMPLERS[sampler](model, batch, int(steps), step_lr=BENCHMARKS[args.bench].step_lr,
-                          generator=torch.Generator().manual_seed(0))
+        method.generate(targets, args.samples_per_entry, seed=0)
         sec, cpu = time.perf_counter() - t0, time.process_time() - c0  # CPU time is robust to a shared machine
         calls = int(steps) * (2 if sampler == "pc" else 1)
         rows.append({"weights": args.weights, "bench": args.bench, "sampler": sampler, "steps": int(steps),
-                     "network_calls": calls, "batch": len(idx), "mean_atoms": float(test.num_atoms[idx].mean()),
-                     "s_per_structure": sec / len(idx),
-                     "cpu_s_per_structure": cpu / len(idx), "threads": args.threads, "peak_rss_mb": peak_rss_mb()})
+                     "network_calls": calls, "batching": "size-bucketed, as predict/evaluate",
+                     "entries": len(idx), "samples_per_entry": args.samples_per_entry,
+                     "mean_atoms": float(test.num_atoms[idx].mean()), "s_per_structure": sec / n_structures,
+                     "cpu_s_per_structure": cpu / n_structures, "threads": args.threads,
+                     "peak_rss_mb": peak_rss_mb(), "torch": torch.__version__})
         print(rows[-1], flush=True)
     return rows
 
@@ -157,9 +163,10 @@ def markdown(results: dict) -> str:
         lines += [f"| {r['backbone']} | {r['params']} | {r['threads']} | {r['crystals_per_s']:.0f} | "
                   f"{r['peak_rss_mb']:.0f} |" for r in results["throughput"]]
     if results.get("sampling"):
-        lines += ["", "| weights | sampler | steps | net calls | s/structure | CPU-s/structure |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| weights | sampler | steps | net calls | batching | threads | s/structure | CPU-s/structure |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['weights']} | {r['sampler']} | {r['steps']} | {r['network_calls']} | "
+                  f"{r.get('batching', 'one padded batch')} | {r['threads']} | "
                   f"{r['s_per_structure']:.3f} | {r.get('cpu_s_per_structure', float('nan')):.3f} |"
                   for r in results["sampling"]]
     if results.get("csp"):
@@ -181,7 +188,8 @@ def main() -> None:
     p.add_argument("--bench", default="mp_20_biternary")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch_atoms", type=int, default=1024)
-    p.add_argument("--sample_batch", type=int, default=32)
+    p.add_argument("--sample_batch", type=int, default=32, help="sampling: test compositions")
+    p.add_argument("--samples_per_entry", type=int, default=20, help="sampling: samples of each composition")
     p.add_argument("--sampling_grid", default="ode:20,ode:50,pc:50,pc:100,pc:1000")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--ks", default="1,20")

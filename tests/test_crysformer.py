@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from xtalforge.backbone.crysformer import Crysformer, CrysformerConfig
+from xtalforge.backbone.crysformer import Crysformer, CrysformerConfig, edge_features
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,17 @@ def test_time_changes_output(model, crystals):
     a = run(model, *crystals)
     b = run(model, lattice, frac, types, mask, t + 0.05)
     assert not close(a["coord"], b["coord"])
+
+
+def test_fused_edge_embedding_equals_reference(model, crystals):
+    """The forward pass projects the pair features without building them (embed_edges); same numbers as the
+    definition: Linear(LayerNorm([Gram, sin, cos]))."""
+    from xtalforge.backbone.crysformer import embed_edges, head_major
+
+    lattice, frac, _, mask, _ = crystals
+    cfg, linear = model.cfg, model.embed_edge[0]
+    reference = linear(edge_features(lattice, frac, mask, cfg.n_freq, cfg.volume_per_atom))
+    fused = embed_edges(linear, lattice, frac, mask, cfg.n_freq, cfg.volume_per_atom)
+    assert close(fused, reference)
+    e, e_t = head_major(fused, cfg.heads)
+    assert e.shape == (3, 5, cfg.heads, 5, cfg.hidden // cfg.heads) and close(e_t.transpose(-1, -2), e)

@@ -83,6 +83,31 @@ def edge_features(lattice: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor,
     return F.layer_norm(feats, feats.shape[-1:])
 
 
+def embed_edges(linear: nn.Linear, lattice: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor, n_freq: int,
+                volume_per_atom: float) -> torch.Tensor:
+    """``linear(edge_features(...))``, (B, N, N, H), without building the (B, N, N, 9 + 6 n_freq) features.
+
+    The hot path of every forward pass: the Gram part is the same for all pairs of a crystal, so it is projected once
+    per crystal; sin and cos come from one ``sin`` call (cos x = sin(x + pi/2)) already in the features' layout; the
+    LayerNorm statistics are summed analytically (sin^2 + cos^2 = 1) and applied after the projection, using
+    ``W (f - mu) / sigma = (W f - mu W 1) / sigma``.
+    """
+    n_atoms = mask.sum(dim=1).clamp(min=1).to(lattice.dtype)
+    gram = lattice @ lattice.transpose(1, 2) / (volume_per_atom * n_atoms)[:, None, None] ** (2.0 / 3.0)
+    gram = gram.reshape(-1, 1, 1, 9)
+    diff = frac[:, None, :, :] - frac[:, :, None, :]  # (B, N, N, 3): f_j - f_i at [b, i, j]
+    k = torch.arange(1, n_freq + 1, dtype=frac.dtype, device=frac.device)
+    phase = torch.tensor([[0.0], [0.5 * math.pi]], dtype=frac.dtype, device=frac.device)
+    # (B, N, N, 3, 2, n_freq) -> (B, N, N, 6 n_freq): per axis the n sines then the n cosines, as in edge_features
+    fourier = torch.sin((2.0 * math.pi * diff[..., None] * k)[..., None, :] + phase).flatten(-3)
+    dim = 9 + 6 * n_freq
+    mean = (gram.sum(-1) + fourier.sum(-1)) / dim
+    var = ((gram**2).sum(-1) + 3 * n_freq) / dim - mean**2
+    w = linear.weight
+    projected = gram @ w[:, :9].T + fourier @ w[:, 9:].T
+    return (projected - mean[..., None] * w.sum(dim=1)) * torch.rsqrt(var + 1e-5)[..., None] + linear.bias
+
+
 class GatedResidual(nn.Module):
     """``g * x + (1 - g) * r`` with a per-atom gate ``g = sigmoid(W [x, r, x - r])``."""
 
@@ -91,7 +116,9 @@ class GatedResidual(nn.Module):
         self.gate = nn.Linear(3 * hidden, 1)
 
     def forward(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.gate(torch.cat([x, r, x - r], dim=-1)))
+        # W [x, r, x - r] = (W_x + W_d) x + (W_r - W_d) r: the same gate without building the (..., 3H) input
+        w_x, w_r, w_d = self.gate.weight.chunk(3, dim=-1)
+        g = torch.sigmoid(F.linear(x, w_x + w_d, self.gate.bias) + F.linear(r, w_r - w_d))
         return g * x + (1.0 - g) * r
 
 
@@ -112,18 +139,28 @@ class CrysformerBlock(nn.Module):
         self.gate_ffn = GatedResidual(cfg.hidden)
 
     def forward(self, x: torch.Tensor, edge: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, N, H); edge (B, N, N, H) = e_ij; pair_mask (B, 1, N, N) True where j is a real atom."""
+        """x (B, N, H); edge = (e, e^T): e_ij in the two head-major layouts of :func:`head_major`; pair_mask
+        (B, 1, N, N) True where j is a real atom."""
         b, n, hid = x.shape
+        e, e_t = edge
         q, k, v = self.qkv(self.norm_attn(x)).view(b, n, 3, self.heads, self.head_dim).unbind(dim=2)
-        e = edge.view(b, n, n, self.heads, self.head_dim)
-        # q_i . (k_j + e_ij) = q_i . k_j + q_i . e_ij
-        logits = torch.einsum("bihd,bjhd->bhij", q, k) + torch.einsum("bihd,bijhd->bhij", q, e)
+        # q_i . (k_j + e_ij) = q_i . k_j + q_i . e_ij; both edge terms are matrix-vector products over (b, i, h) that
+        # read the edges in place (an einsum over the (B, N, N, H) layout copied them twice per block)
+        logits = torch.einsum("bihd,bjhd->bhij", q, k) + (e @ q[..., None]).squeeze(-1).transpose(1, 2)
         logits = logits / math.sqrt(self.head_dim)
         attn = torch.softmax(logits.masked_fill(~pair_mask, float("-inf")), dim=-1)
         # sum_j a_ij (v_j + e_ij)
-        msg = torch.einsum("bhij,bjhd->bihd", attn, v) + torch.einsum("bhij,bijhd->bihd", attn, e)
+        msg = torch.einsum("bhij,bjhd->bihd", attn, v) + (e_t @ attn.transpose(1, 2)[..., None]).squeeze(-1)
         x = self.gate_attn(x, self.out(msg.reshape(b, n, hid)))
         return self.gate_ffn(x, self.ffn(self.norm_ffn(x)))
+
+
+def head_major(edge: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, N, H) edge embeddings -> the layouts the blocks read: contiguous (B, N_i, heads, N_j, H / heads) and
+    its transpose (B, N_i, heads, H / heads, N_j)."""
+    b, n, _, hid = edge.shape
+    e = edge.view(b, n, n, heads, hid // heads)
+    return e.permute(0, 1, 3, 2, 4).contiguous(), e.permute(0, 1, 3, 4, 2).contiguous()
 
 
 class Crysformer(nn.Module):
@@ -164,12 +201,16 @@ class Crysformer(nn.Module):
         node = self.embed_type(self.element_features[types.clamp(0, NUM_ELEMENTS)].to(dtype))
         temb = sinusoidal_embedding(t.to(dtype), self.cfg.time_dim)
         x = self.embed_node(torch.cat([node, temb[:, None, :].expand(-1, node.shape[1], -1)], dim=-1))
-        raw_edge = edge_features(lattice, frac, mask, self.cfg.n_freq, self.cfg.volume_per_atom)
         pair_mask = mask[:, None, None, :]
-        edge = self.embed_edge[0](raw_edge)
+
+        def edges(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            projected = embed_edges(self.embed_edge[i], lattice, frac, mask, self.cfg.n_freq, self.cfg.volume_per_atom)
+            return head_major(projected, self.cfg.heads)
+
+        edge = edges(0)
         for i, block in enumerate(self.blocks):
             if self.cfg.edge_per_layer and i > 0:
-                edge = self.embed_edge[i](raw_edge)
+                edge = edges(i)
             x = block(x, edge, pair_mask)
         x = self.norm_out(x) * mask_f
         pooled = x.sum(dim=1) / mask_f.sum(dim=1).clamp(min=1.0)

@@ -114,14 +114,14 @@ def test_time_changes_output(model, crystals):
 
 
 def test_fused_edge_embedding_equals_reference(model, crystals):
-    """The forward pass projects the pair features without building them (embed_edges); same numbers as the
+    """The forward pass projects the pair features without building them (edge_projector); same numbers as the
     definition: Linear(LayerNorm([Gram, sin, cos]))."""
-    from xtalforge.backbone.crysformer import embed_edges, head_major
+    from xtalforge.backbone.crysformer import edge_projector, head_major
 
     lattice, frac, _, mask, _ = crystals
     cfg, linear = model.cfg, model.embed_edge[0]
     reference = linear(edge_features(lattice, frac, mask, cfg.n_freq, cfg.volume_per_atom))
-    fused = embed_edges(linear, lattice, frac, mask, cfg.n_freq, cfg.volume_per_atom)
+    fused = edge_projector(lattice, frac, mask, cfg.n_freq, cfg.volume_per_atom)(linear)
     assert close(fused, reference)
     e, e_t = head_major(fused, cfg.heads)
     assert e.shape == (3, 5, cfg.heads, 5, cfg.hidden // cfg.heads) and close(e_t.transpose(-1, -2), e)

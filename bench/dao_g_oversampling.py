@@ -4,7 +4,7 @@ For the MP-20 bi/ternary test entries whose exact-count anonymised formula is ab
 "template-free" entries of ``bench/dao_g.py --subset template_free``), ``--samples`` DAO-G samples are drawn per
 entry (one batched :meth:`DAOGMethod.sample_cells` call, seed 0), each is matched to the true structure (the
 evaluation's :class:`PairMatcher`, StructureMatcher stol 0.5 / ltol 0.3 / angle 10) and given its CHGNet static energy
-(eV/atom; NaN for implausible cells, ranked last). The table reports the share of entries with a match among the
+(eV/atom; none for implausible cells, ranked last). The table reports the share of entries with a match among the
 candidates each selection rule keeps: the first k samples (what ``dao-g`` returns with k samples), the k best of all
 samples by the sampler's score or by CHGNet energy, and any of all samples (the ceiling of the selection).
 
@@ -28,7 +28,7 @@ from dao_g import weights_tag  # noqa: I001  (sibling script)
 
 from xtalforge.crystal import atomic_write_text
 from xtalforge.data.protocol import load_split
-from xtalforge.evaluation.csp import template_free_mask
+from xtalforge.evaluation.csp import _resume, append_jsonl, read_jsonl, template_free_mask
 from xtalforge.evaluation.matching import PairMatcher
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod
@@ -39,7 +39,8 @@ RUNS = Path(__file__).resolve().parent.parent / "runs" / "dao_g_oversampling"
 
 
 def records_for(args, run: Path) -> tuple[list[dict], dict]:
-    """Per-sample records (entry, score, energy, rms or None) for every template-free entry, and timings."""
+    """One record per template-free entry (its test row ``index`` and per sample: score, CHGNet energy or None,
+    rms or None), and timings."""
     test, val = load_split("mp_20_biternary", "test"), load_split("mp_20_biternary", "val")
     rows = np.nonzero(template_free_mask(test, val))[0]
     cache = run / "samples.pkl"
@@ -55,8 +56,7 @@ def records_for(args, run: Path) -> tuple[list[dict], dict]:
         tmp.write_bytes(pickle.dumps(samples))
         tmp.rename(cache)
     path = run / "records.jsonl"
-    done = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    finished = {r["entry"] for r in done}
+    finished = _resume(path)  # also cuts off a line an interrupted run left half-written
     timings["entries_resumed_from_records"] = len(finished)
     timings["samples_from_cache"] = "sampling_cpu_s" not in timings
     matcher = PairMatcher()
@@ -71,15 +71,14 @@ def records_for(args, run: Path) -> tuple[list[dict], dict]:
             recs = []
             for s, energy in zip(cands, energies):
                 rms = matcher.rms(matcher.prepare(s.to_structure()), target)
-                recs.append({"entry": int(i), "score": float(s.properties["score"]), "energy": float(energy),
+                recs.append({"score": float(s.properties["score"]),
+                             "energy": None if np.isnan(energy) else float(energy),
                              "rms": None if rms is None else float(rms[0])})
-            fh.write(json.dumps({"entry": int(i), "samples": recs}) + "\n")
-            fh.flush()
-            done.append({"entry": int(i), "samples": recs})
+            append_jsonl(fh, [{"index": int(i), "samples": recs}])
             print(f"entry {e + 1}/{len(rows)}: {sum(r['rms'] is not None for r in recs)} of {len(recs)} match",
                   flush=True)
     timings["energy_and_matching_cpu_s_this_run"] = time.process_time() - c0
-    return done, timings
+    return list(read_jsonl(path)), timings
 
 
 def selection_table(entries: list[dict], samples: int) -> dict[str, float]:
@@ -88,7 +87,7 @@ def selection_table(entries: list[dict], samples: int) -> dict[str, float]:
         return any(r["rms"] is not None for r in recs)
 
     def by_energy(recs: list[dict]) -> list[dict]:
-        return sorted(recs, key=lambda r: (np.isnan(r["energy"]), r["energy"]))
+        return sorted(recs, key=lambda r: (r["energy"] is None, r["energy"] or 0.0))
 
     rules = {}
     for k in (1, 10, 20):
@@ -122,7 +121,7 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.is_file() else {"runs": []}
     results["runs"].append({"settings": vars(args), "entries": len(entries),
                             "samples_drawn": sum(len(e["samples"]) for e in entries),
-                            "nan_energies": sum(np.isnan(r["energy"]) for e in entries for r in e["samples"]),
+                            "nan_energies": sum(r["energy"] is None for e in entries for r in e["samples"]),
                             "match_rates": table, "timings": timings, "versions": package_versions()})
     write_json(out, results)
 

@@ -96,3 +96,31 @@ def test_template_refinement_stays_close_at_small_t(weights):
     assert refined.properties["refined_from"] == "t-1"
     d = (refined.frac_coords - FixedTemplates().generate([[0]], 1)[0][0].frac_coords + 0.5) % 1 - 0.5
     assert np.abs(d).max() < 0.05 and np.abs(refined.lattice - np.eye(3) * 3.9).max() < 0.3
+
+
+def test_by_size_routes_each_cell_to_the_smallest_model_that_holds_it(tmp_path):
+    from xtalforge.pipeline import BySize
+
+    methods = []
+    for name, limit in (("large", 12), ("small", 6)):
+        torch.manual_seed(0)
+        path = tmp_path / f"{name}.pt"
+        DAOG(TINY, meta={"max_atoms": limit, "name": name, "step_lr": 1e-5}).save(path)
+        methods.append(get_method("dao-g", weights=str(path), steps=2))
+    routed = BySize(methods)
+    assert routed.max_atoms == 12 and routed.name == "dao-g"
+    assert [m["max_atoms"] for m in routed.settings()["by_size"]] == [6, 12]
+    cells = [[8] * 8 + [22] * 2, [8, 8, 22], [11] * 6]
+    samples = routed.sample_cells(cells, seed=0)
+    assert [s.properties["weights"] for s in samples] == ["large", "small", "small"]
+    assert all(sorted(s.numbers.tolist()) == sorted(c) for s, c in zip(samples, cells))
+    # the small model's samples do not depend on what else was in the call
+    alone = methods[1].sample_cells([[8, 8, 22], [11] * 6], seed=0)
+    assert np.allclose(alone[0].frac_coords, samples[1].frac_coords)
+    rows = routed.generate([[8] * 10, [8, 8, 22]], n=2)
+    assert [{c.properties["weights"] for c in r} for r in rows] == [{"large"}, {"small"}]
+    assert {c.properties["weights"] for c in routed.predict_target(Target.parse("Ti4O6"), n=2)} == {"large"}
+    with pytest.raises(AtomLimitError, match="allow 12"):
+        routed.sample_cells([[6] * 13])
+    with pytest.raises(AtomLimitError, match="largest"):
+        routed.predict_target(Target.parse("Ti5O9"), n=1)

@@ -39,3 +39,23 @@ def test_template_free_cells_alternate_templates_and_samples():
     assert [c.properties["method"] for c in row] == ["template", "dao-g"] * 3
     scores = [c.properties["score"] for c in row]
     assert scores == sorted(scores, reverse=True), "scores decrease down the list"
+
+
+def test_default_dao_g_samples_cells_above_20_atoms_with_the_mpts52_weights():
+    dao_g = get_method("dao-g", steps=2)
+    assert dao_g.max_atoms == 52
+    small, large = dao_g.sample_cells([_cell({"Na": 2, "Cl": 2}), _cell({"Zr": 16, "Rh": 8, "O": 4})], seed=0)
+    assert small.properties["weights"] == "mp20" and large.properties["weights"] == "mpts52"
+    assert large.num_atoms == 28 and large.volume / large.num_atoms > 3.0
+
+
+def test_auto_generates_for_cells_above_20_atoms_only_with_the_mpts52_weights():
+    cell = _cell({"Li": 1, "Fe": 4, "O": 17})  # 22 atoms, counts (1, 4, 17) in no library structure
+    default = get_method("auto", steps=2)
+    assert not default.templates.has_template(cell)
+    (row,) = default.generate([cell], n=4, seed=0)
+    assert {c.properties["method"] for c in row} <= {"template"}, "the default generator stops at 20 atoms"
+    (row,) = get_method("auto", weights="mpts52", steps=2).generate([cell], n=4, seed=0)
+    generated = [c for c in row if c.properties["method"] == "dao-g"]
+    assert generated and {c.properties["weights"] for c in generated} == {"mpts52"}
+    assert all(sorted(c.numbers.tolist()) == sorted(cell) for c in generated)

@@ -19,6 +19,67 @@ from xtalforge.methods import CSPMethod, get_method, register
 GENERATED_SCORE_OFFSET = -1e3
 
 
+class BySize(CSPMethod):
+    """Several models of one method, each cell sent to the one with the smallest atom limit that holds it.
+
+    Default DAO-G is this: the MP-20 weights (cells <= 20 atoms, trained only on such cells and better on them)
+    and the MPTS-52 weights (fine-tuned from them on cells up to 52 atoms) for larger cells. A composition with
+    unknown Z goes to the first model that can hold one of its cells (that model's Z prior picks Z).
+    """
+
+    def __init__(self, methods: Sequence[CSPMethod]) -> None:
+        if not methods:
+            raise ValueError("BySize needs at least one method")
+        self.methods = sorted(methods, key=lambda m: m.max_atoms)
+        self.name = self.methods[0].name
+        self.max_atoms = self.methods[-1].max_atoms
+
+    def settings(self) -> dict:
+        return {**self.methods[0].settings(),
+                "by_size": [{"max_atoms": m.max_atoms, **m.settings()} for m in self.methods]}
+
+    def _routes(self, sizes: Sequence[int]) -> list[int]:
+        """Index into ``self.methods`` for each size."""
+        limits = [m.max_atoms for m in self.methods]
+        routes = []
+        for n in sizes:
+            fits = [j for j, limit in enumerate(limits) if n <= limit]
+            if not fits:
+                raise AtomLimitError(f"a target has {n} atoms; the largest {self.name} weights allow {self.max_atoms}")
+            routes.append(fits[0])
+        return routes
+
+    def _per_method(self, sizes: Sequence[int], call) -> list:
+        """``call(method, indices_routed_to_it)`` for each method; results put back in input order."""
+        routes = self._routes(sizes)
+        out: list = [None] * len(sizes)
+        for j, method in enumerate(self.methods):
+            idx = [i for i, r in enumerate(routes) if r == j]
+            if idx:
+                for i, result in zip(idx, call(method, idx)):
+                    out[i] = result
+        return out
+
+    def sample_cells(self, cells: Sequence[Sequence[int]], seed: int = 0, init: Sequence[Crystal] | None = None,
+                     start_t: int | None = None) -> list[Crystal | None]:
+        """One sample per cell from the model its size is routed to (``init`` / ``start_t``: see DAOGMethod)."""
+        return self._per_method([len(c) for c in cells], lambda m, idx: m.sample_cells(
+            [cells[i] for i in idx], seed, init=None if init is None else [init[i] for i in idx], start_t=start_t))
+
+    def generate(self, targets: Sequence[Sequence[int]], n: int, seed: int = 0) -> list[list[Crystal]]:
+        return self._per_method([len(t) for t in targets],
+                                lambda m, idx: m.generate([targets[i] for i in idx], n, seed))
+
+    def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
+        for method in self.methods:
+            try:
+                return method.predict_target(target, n, seed)
+            except AtomLimitError:
+                continue
+        raise AtomLimitError(f"{target.formula} needs more atoms than the largest {self.name} weights allow "
+                             f"({self.max_atoms})")
+
+
 class TemplatesThenGenerator(CSPMethod):
     """Template candidates first; samples of ``generator`` where the templates are weak.
 
@@ -110,10 +171,19 @@ class TemplatesThenGenerator(CSPMethod):
 @register("auto")
 def _make_auto(library=None, weights: str | None = None, steps: int = 50, sampler: str = "pc",
                device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0) -> TemplatesThenGenerator:
-    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu", guidance=0.0)``."""
+    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu", guidance=0.0)``.
+
+    The generator is DAO-G with ``weights``, by default the MP-20 weights alone, so only cells of <= 20 atoms get
+    generated candidates: the 21-52-atom weights (``weights="mpts52"``) matched none of 60 sampled MPTS-52 test
+    entries whose short template lists have no match (920 samples; 11% of such lists of <= 20 atoms are rescued by the
+    MP-20 weights), at ~1 CPU-s per sample (bench/results/dao_g_with_templates.json).
+    """
     templates = get_method("template", library=library)
-    return TemplatesThenGenerator(
-        templates,
-        lambda: get_method("dao-g", weights=weights, steps=steps, sampler=sampler, device=device, step_lr=step_lr,
-                           guidance=guidance),
-    )
+
+    def generator() -> CSPMethod:
+        from xtalforge.models.dao_g import DEFAULT_WEIGHTS
+
+        return get_method("dao-g", weights=weights or DEFAULT_WEIGHTS, steps=steps, sampler=sampler, device=device,
+                          step_lr=step_lr, guidance=guidance)
+
+    return TemplatesThenGenerator(templates, generator)

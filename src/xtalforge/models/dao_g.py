@@ -31,6 +31,8 @@ from xtalforge.methods import CSPMethod, register
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = "mp20"
+#: Shipped weights for cells larger than DEFAULT_WEIGHTS allows (used by the default ``dao-g`` when present).
+LARGE_CELL_WEIGHTS = "mpts52"
 
 
 @lru_cache(maxsize=4)
@@ -73,15 +75,24 @@ class DAOG(nn.Module):
         norm = self.schedule.sigma_norms.to(lattice.device)[t].to(lattice.dtype)
         return eps, coord * norm.sqrt()[:, None, None]
 
-    def noise(self, batch: CrystalBatch, t: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """Noised lattice and coordinates at integer times ``t`` (B,), with the regression targets."""
+    def noise(self, batch: CrystalBatch, t: torch.Tensor, generator: torch.Generator | None = None,
+              eps: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Noised lattice and coordinates at integer times ``t`` (B,), with the regression targets.
+
+        ``eps``: the standard-normal draws (lattice (B, 3, 3), coordinates (B, N, 3)) to use instead of fresh ones,
+        e.g. the same draws for every candidate of one composition when comparing their losses.
+        """
         sched = self.schedule
         dtype, dev = batch.lattice.dtype, batch.lattice.device
         abar = sched.alpha_bars.to(dev)[t].to(dtype)[:, None, None]
-        eps_l = torch.randn(batch.lattice.shape, generator=generator, dtype=dtype, device=dev)
-        lattice_t = abar.sqrt() * batch.lattice + (1 - abar).sqrt() * eps_l
         sigma = sched.sigmas.to(dev)[t].to(dtype)[:, None, None]
-        frac_t, eps_f = sample_wrapped_normal(batch.frac, sigma, generator)
+        if eps is None:
+            eps_l = torch.randn(batch.lattice.shape, generator=generator, dtype=dtype, device=dev)
+            frac_t, eps_f = sample_wrapped_normal(batch.frac, sigma, generator)
+        else:
+            eps_l, eps_f = eps
+            frac_t = torch.remainder(batch.frac + sigma * eps_f, 1.0)
+        lattice_t = abar.sqrt() * batch.lattice + (1 - abar).sqrt() * eps_l
         norm = sched.sigma_norms.to(dev)[t].to(dtype)[:, None, None]
         target_f = wrapped_normal_score(sigma * eps_f, sigma) / norm.sqrt()
         return {"lattice": lattice_t, "frac": frac_t, "eps_lattice": eps_l, "target_coord": target_f}
@@ -237,6 +248,7 @@ class DAOGMethod(CSPMethod):
         from xtalforge.data.batch import size_bucketed_batches
 
         self._check(cells)
+        weights_name = self.model.meta.get("name", "")
         gen = torch.Generator().manual_seed(int(seed))
         sizes = np.array([len(c) for c in cells])
         out: list[Crystal | None] = [None] * len(cells)
@@ -259,7 +271,7 @@ class DAOGMethod(CSPMethod):
                 n_atoms = len(cells[i])
                 try:
                     out[i] = Crystal(lattices[row], fracs[row, :n_atoms], cells[i],
-                                     {"score": float(scores[row]), "method": self.name})
+                                     {"score": float(scores[row]), "method": self.name, "weights": weights_name})
                 except StructureError:  # a collapsed or non-finite lattice: drop the sample, never crash
                     log.warning("dao-g: dropped a degenerate sample of a %d-atom cell", n_atoms)
         return out
@@ -308,12 +320,24 @@ class DAOGMethod(CSPMethod):
 @register("dao-g")
 def _make_dao_g(weights: str | None = None, steps: int = 50, device: str = "cpu", sampler: str = "pc",
                 batch_size: int = 256, step_lr: float | None = None, guidance: float = 0.0,
-                energy_weights: str = "energy_mp20") -> DAOGMethod:
+                energy_weights: str = "energy_mp20") -> CSPMethod:
     """``get_method("dao-g", weights=None | name | path, steps=50, sampler="pc"|"ode", device="cpu",
-    guidance=0.0, energy_weights="energy_mp20", ...)``."""
-    return DAOGMethod(DAOG.load(weights or DEFAULT_WEIGHTS, device), steps=steps, sampler=sampler,
-                      step_lr=step_lr, batch_size=batch_size, device=device, guidance=guidance,
-                      energy_weights=energy_weights)
+    guidance=0.0, energy_weights="energy_mp20", ...)``.
+
+    Without ``weights``: the shipped MP-20 weights for cells of <= 20 atoms and, where shipped, the MPTS-52 weights
+    for larger cells (:data:`LARGE_CELL_WEIGHTS`, routed by :class:`~xtalforge.pipeline.BySize`).
+    """
+    def make(name: str) -> DAOGMethod:
+        return DAOGMethod(DAOG.load(name, device), steps=steps, sampler=sampler, step_lr=step_lr,
+                          batch_size=batch_size, device=device, guidance=guidance, energy_weights=energy_weights)
+
+    if weights is not None:
+        return make(weights)
+    if not (WEIGHTS_DIR / f"dao_g_{LARGE_CELL_WEIGHTS}.pt").is_file():
+        return make(DEFAULT_WEIGHTS)
+    from xtalforge.pipeline import BySize
+
+    return BySize([make(DEFAULT_WEIGHTS), make(LARGE_CELL_WEIGHTS)])
 
 
 # ---------------------------------------------------------------------- templates refined by DAO-G

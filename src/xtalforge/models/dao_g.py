@@ -348,12 +348,14 @@ class TemplateRefine(CSPMethod):
     diffusion model adapts the lattice and positions to the substituted chemistry. ``mode="refined"`` returns the
     refined candidates in template order; ``mode="both"`` interleaves template and refined candidates
     (t1, r1, t2, r2, ...), so k candidates hold k/2 templates. Candidates with more atoms than the DAO-G weights
-    allow are returned unrefined. The score is the template's.
+    allow are returned unrefined. The score is the template's. ``refiner``: a :class:`DAOGMethod`, or a
+    :class:`~xtalforge.pipeline.BySize` of them (the default ``dao-g``): anything with
+    ``sample_cells(cells, seed, init=..., start_t=...)``.
     """
 
     name = "template+dao-g"
 
-    def __init__(self, templates: CSPMethod, refiner: DAOGMethod, start_t: int = 100, mode: str = "refined") -> None:
+    def __init__(self, templates: CSPMethod, refiner: CSPMethod, start_t: int = 100, mode: str = "refined") -> None:
         if mode not in ("refined", "both"):
             raise XtalforgeError(f"unknown refinement mode '{mode}' (choose 'refined' or 'both')")
         self.templates, self.refiner, self.start_t, self.mode = templates, refiner, int(start_t), mode

@@ -39,7 +39,7 @@ from xtalforge.crystal import Crystal
 from xtalforge.data.batch import CrystalBatch
 from xtalforge.data.protocol import load_split, sample_indices
 from xtalforge.evaluation.csp import read_jsonl
-from xtalforge.evaluation.matching import PairMatcher, to_structure
+from xtalforge.evaluation.matching import PairMatcher
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod
 
@@ -121,7 +121,8 @@ def fill(args, model: DAOG, entries: list[dict], bench: str) -> dict:
     timing = {"noise": time.process_time() - c0}
     # an empty template list has nothing to refine: its slots keep the samples from noise under every policy
     ref = [i for i, (e, _) in enumerate(slots) if e["candidates"]]
-    inits = [crystals(slots[i][0])[slots[i][1] % len(slots[i][0]["candidates"])] for i in ref]
+    own = {e["index"]: crystals(e) for e in todo if e["candidates"]}
+    inits = [own[slots[i][0]["index"]][slots[i][1] % len(slots[i][0]["candidates"])] for i in ref]
     for t in args.refine_times:
         c0 = time.process_time()
         refined = refiner.sample_cells([cells[i] for i in ref], seed=args.seed, init=inits, start_t=t)
@@ -134,15 +135,14 @@ def fill(args, model: DAOG, entries: list[dict], bench: str) -> dict:
         fills[f"alternate refine t={mix_t} / noise"] = [
             fills[f"refine t={mix_t}"][i] if s % 2 == 0 else fills["noise"][i] for i, (_, s) in enumerate(slots)]
     matcher = PairMatcher()
-    targets = {e["index"]: matcher.prepare(to_structure(test[e["index"]].lattice, test[e["index"]].frac_coords,
-                                                        test[e["index"]].numbers)) for e in todo}
+    targets = {e["index"]: matcher.prepare(test[e["index"]].to_structure()) for e in todo}
     newly: dict[str, list[int]] = {}
     for name, samples in fills.items():
         hit = set()
         for (e, _), c in tqdm(list(zip(slots, samples)), desc=name, mininterval=10):
             if c is None or e["index"] in hit:
                 continue
-            if matcher.rms(matcher.prepare(to_structure(c.lattice, c.frac_coords, c.numbers)), targets[e["index"]]):
+            if matcher.rms(matcher.prepare(c.to_structure()), targets[e["index"]]):
                 hit.add(e["index"])
         newly[name] = sorted(hit)
     scale = eligible / max(1, len(todo))
@@ -152,7 +152,7 @@ def fill(args, model: DAOG, entries: list[dict], bench: str) -> dict:
             "empty_lists_filled": sum(not e["candidates"] for e in todo), "atoms": [low, high],
             "short_unmatched_within_atom_limit": eligible, "entries_filled": len(todo),
             "short_unmatched_beyond_atom_limit": sum(
-                "match" not in e["status"] and e["num_atoms"] > model.meta["max_atoms"] for e in short),
+                "match" not in e["status"] and e["num_atoms"] > high for e in short),
             "slots_filled": len(slots), "k20_gain": gain, "newly_matched_indices": newly,
             "cpu_s_per_filled_slot": {k: v / max(1, len(slots)) for k, v in timing.items()},
             "sampler": {"noise": f"pc {args.steps} steps", "refine": f"pc {args.refine_steps} steps from t"}}

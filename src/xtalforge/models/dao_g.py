@@ -31,7 +31,7 @@ from xtalforge.methods import CSPMethod, register
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = "mp20"
-#: Shipped weights for cells larger than DEFAULT_WEIGHTS allows (used by the default ``dao-g`` when present).
+#: Shipped weights for cells larger than DEFAULT_WEIGHTS allows (the default ``dao-g`` routes such cells to them).
 LARGE_CELL_WEIGHTS = "mpts52"
 
 
@@ -324,8 +324,8 @@ def _make_dao_g(weights: str | None = None, steps: int = 50, device: str = "cpu"
     """``get_method("dao-g", weights=None | name | path, steps=50, sampler="pc"|"ode", device="cpu",
     guidance=0.0, energy_weights="energy_mp20", ...)``.
 
-    Without ``weights``: the shipped MP-20 weights for cells of <= 20 atoms and, where shipped, the MPTS-52 weights
-    for larger cells (:data:`LARGE_CELL_WEIGHTS`, routed by :class:`~xtalforge.pipeline.BySize`).
+    Without ``weights``: the shipped MP-20 weights for cells of <= 20 atoms and the MPTS-52 weights for larger cells
+    (:data:`LARGE_CELL_WEIGHTS`, routed by :class:`~xtalforge.pipeline.BySize`).
     """
     def make(name: str) -> DAOGMethod:
         return DAOGMethod(DAOG.load(name, device), steps=steps, sampler=sampler, step_lr=step_lr,
@@ -333,8 +333,6 @@ def _make_dao_g(weights: str | None = None, steps: int = 50, device: str = "cpu"
 
     if weights is not None:
         return make(weights)
-    if not (WEIGHTS_DIR / f"dao_g_{LARGE_CELL_WEIGHTS}.pt").is_file():
-        return make(DEFAULT_WEIGHTS)
     from xtalforge.pipeline import BySize
 
     return BySize([make(DEFAULT_WEIGHTS), make(LARGE_CELL_WEIGHTS)])

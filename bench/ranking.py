@@ -211,8 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--relax-steps", type=int, default=20, help="FIRE steps of the short relaxation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize", action="store_true", help="only rebuild table + JSON from the per-entry files")
+    ap.add_argument("--dao-g-candidates", default=None,
+                    help="candidates.jsonl of another DAO-G run (default: SOURCES['dao-g']); its folder names the run")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.dao_g_candidates:
+        SOURCES["dao-g"] = Path(args.dao_g_candidates).resolve()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -220,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [int(r) for r in sample_indices(len(test), args.n, args.seed)]
     relax_rows = [rows[int(i)] for i in sample_indices(len(rows), args.relax_n, args.seed)]
     run = ROOT / "runs" / "ranking" / f"{BENCH}_n{args.n}_s{args.seed}"
+    if args.dao_g_candidates:  # another run's samples must not resume into the default run's files
+        run = run.with_name(f"{run.name}_{SOURCES['dao-g'].parent.name}")
     sources = args.sources.split(",")
     tol = MatchTolerance()
     files = {s: (run / f"{s}_static.jsonl", run / f"{s}_relax.jsonl") for s in sources}

@@ -68,15 +68,16 @@ class HoldOutTemplateCSP(TemplateCSP):
 
 def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[int], relax: str,
              weights: RankWeights, workers: int, dedupe: bool = True, relax_kw: dict | None = None,
-             subset: str = "all", ranker: str = "learned") -> dict:
+             subset: str = "all", ranker: str = "learned", aflow: bool = False) -> dict:
     """Test-split report through ``evaluate_csp``; returns a flat row for the summary table.
 
     ``subset="template_free"`` evaluates only the test rows whose anonymised formula has no library entry (a random
-    sample of them has few or none)."""
+    sample of them has few or none). ``aflow`` adds the AFLOW structures to the library
+    (:func:`xtalforge.data.protocol.aflow_structures`)."""
     from xtalforge.evaluation import evaluate_csp, markdown_table, template_free_mask
 
     t0 = time.perf_counter()
-    library = benchmark_library(bench, pooled=pooled)
+    library = benchmark_library(bench, pooled=pooled, aflow=aflow)
     t_library = time.perf_counter() - t0
     check_no_leak(list(library.ids), bench)
     method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
@@ -85,8 +86,9 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
     tag += f"_{ranker}_{settings_tag(method)}"
     tag += "" if dedupe else "_nodedupe"
     tag += "" if subset == "all" else f"_{subset}"
-    out_dir = RUNS / f"{bench}_{'pooled' if pooled else 'own'}_{tag}_n{limit or 'all'}_s{seed}"
-    test, train = load_split(bench, "test"), training_set(bench, pooled=pooled)
+    kind = f"{'pooled' if pooled else 'own'}{'+aflow' if aflow else ''}"
+    out_dir = RUNS / f"{bench}_{kind}_{tag}_n{limit or 'all'}_s{seed}"
+    test, train = load_split(bench, "test"), training_set(bench, pooled=pooled, aflow=aflow)
     if subset == "template_free":
         test = test.subset(np.nonzero(template_free_mask(test, train))[0])
     report = evaluate_csp(method, test, ks=ks, out_dir=out_dir, limit=limit, seed=seed,
@@ -97,6 +99,7 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
         "benchmark": bench,
         "split": "test",
         "pooled": pooled,
+        "aflow": aflow,
         "n": report["data"]["entries_evaluated"],
         "library_entries": len(library),
         "library_seconds": t_library,
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="matching processes (test split)")
     ap.add_argument("--ranker", choices=list(RANKERS), default="learned",
                     help="learned re-ranker (the default of TemplateCSP) or the hand-made score alone")
+    ap.add_argument("--aflow", action="store_true", help="add the AFLOW structures to the library (test split)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         for pooled in pooled_modes:
             if args.split == "test":
                 r = run_test(bench, pooled, args.limit, args.seed, ks, args.relax, weights, args.workers,
-                             not args.no_dedupe, relax_kw, args.subset, args.ranker)
+                             not args.no_dedupe, relax_kw, args.subset, args.ranker, args.aflow)
             else:
                 r = run_val(bench, pooled, args.limit, args.seed, ks, args.relax, weights, not args.no_dedupe,
                             relax_kw, args.ranker)

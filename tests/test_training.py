@@ -114,3 +114,17 @@ def test_user_csv_training_data_is_filtered_and_claimed_clean_for_no_benchmark(t
     assert len(data) == 3 and clean == []
     small, _ = load_training_data(TrainConfig(data=str(tmp_path / "mine.csv"), max_atoms=4))
     assert len(small) == 0, "cells above max_atoms are dropped, as for benchmark data"
+
+
+def test_aflow_structures_join_benchmark_training_data():
+    from xtalforge.data.protocol import aflow_structures, training_set
+    from xtalforge.errors import XtalforgeError
+    from xtalforge.training.train import TrainConfig, load_training_data
+
+    data, clean = load_training_data(TrainConfig(data="perov_5+aflow", max_atoms=20))
+    extra = aflow_structures()
+    assert clean == ["perov_5"]
+    assert len(data) == len(training_set("perov_5")) + int((extra.num_atoms <= 20).sum())
+    assert sum(mid.startswith("aflow:") for mid in data.ids) == int((extra.num_atoms <= 20).sum())
+    with pytest.raises(XtalforgeError, match="next to 'aflow'"):
+        load_training_data(TrainConfig(data="aflow"))

@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="template")
     p.add_argument("--k", default="1,20", help="comma-separated k values (default 1,20)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a reproducible random sample of N entries")
-    p.add_argument("--library", default="pooled", choices=["pooled", "own"],
-                   help="template library / training data: pooled val splits (default) or the benchmark's own val")
+    p.add_argument("--library", default="pooled+aflow", choices=["pooled+aflow", "pooled", "own"],
+                   help="template library / training data: pooled val splits and the AFLOW structures (default, "
+                        "as the shipped library), pooled val splits only, or the benchmark's own val split")
     p.add_argument("--out", default=None, help="report JSON path (default results/<data>_<method>/report.json)")
     p.add_argument("--workers", type=int, default=None, help="matching processes (default: all cores)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
@@ -139,7 +140,8 @@ def cmd_evaluate(args) -> int:
     ks = tuple(int(k) for k in args.k.split(","))
     if args.data in BENCHMARKS:
         test = load_split(args.data, "test")
-        library = training_set(args.data, pooled=args.library == "pooled")
+        pooled, aflow = args.library != "own", args.library == "pooled+aflow"
+        library = training_set(args.data, pooled=pooled, aflow=aflow)
     else:
         test = load_csv(args.data)
         library = None
@@ -154,7 +156,7 @@ def cmd_evaluate(args) -> int:
         from xtalforge.templates.library import benchmark_library
 
         # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)
-        kwargs["library"] = benchmark_library(args.data, pooled=args.library == "pooled")
+        kwargs["library"] = benchmark_library(args.data, pooled=pooled, aflow=aflow)
     method = get_method(args.method, **kwargs)
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.data).name}_{args.method}" / "report.json"
     report = evaluate_csp(method, test, ks=ks, out_dir=out.parent, limit=args.limit, seed=args.seed,

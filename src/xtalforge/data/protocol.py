@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from xtalforge.data.dataset import CrystalDataset, load_csv
 from xtalforge.errors import ProtocolError, XtalforgeError
@@ -83,11 +84,12 @@ def load_split(benchmark: str, split: str) -> CrystalDataset:
     return load_csv(path)
 
 
-def training_set(benchmark: str, pooled: bool = False) -> CrystalDataset:
+def training_set(benchmark: str, pooled: bool = False, aflow: bool = False) -> CrystalDataset:
     """The data a model or template library may use when ``benchmark``'s test split is reported.
 
     ``pooled=False``: the benchmark's own val split. ``pooled=True``: the val splits of all benchmarks, less any
-    row that the protocol forbids. Either way the result passes :func:`check_no_leak`.
+    row that the protocol forbids. ``aflow=True`` adds :func:`aflow_structures` (none with a test formula of any
+    benchmark). Either way the result passes :func:`check_no_leak`.
     """
     b = get_benchmark(benchmark)
     own = load_split(benchmark, b.train_split)
@@ -102,6 +104,9 @@ def training_set(benchmark: str, pooled: bool = False) -> CrystalDataset:
                 benchmark == "carbon_24" and set(data.atoms_of(i).tolist()) == {6})]
             parts.append(data.subset(keep))
         own = CrystalDataset.concat(parts, source=f"pooled val splits for {benchmark}")
+    if aflow:
+        extra = aflow_structures()
+        own = CrystalDataset.concat([own, extra], source=f"{own.source} + {extra.source}")
     check_no_leak(own, benchmark)
     return own
 
@@ -124,3 +129,55 @@ def sample_indices(n_total: int, limit: int | None, seed: int = 0) -> np.ndarray
     if limit is None or limit >= n_total:
         return np.arange(n_total)
     return np.sort(np.random.default_rng(seed).choice(n_total, size=limit, replace=False))
+
+
+AFLOW_PROPERTIES = ("bulk_modulus", "shear_modulus", "debye_temperature", "thermal_conductivity", "thermal_expansion")
+
+
+def reduced_formula_key(numbers: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """A cell's reduced formula as sorted ((Z, count / gcd), ...): the same for every multiple of a formula unit."""
+    elements, counts = np.unique(np.asarray(numbers), return_counts=True)
+    g = int(np.gcd.reduce(counts))
+    return tuple(zip(elements.tolist(), (counts // g).tolist()))
+
+
+def aflow_structures() -> CrystalDataset:
+    """Extra pretraining crystals: the distinct structures of the AFLOW property sets (``aflow_properties/``).
+
+    Only structures of their train and val splits are used, none that also occurs in a test split of any of the
+    five (property models report on those). Duplicates across the five properties are dropped, and so is every
+    structure whose **reduced formula** occurs in the test split of any CSP benchmark, and every pure-carbon one.
+    That is stricter than the protocol's ``material_id`` rule, which cannot apply here: AFLOW rows carry no MP ids,
+    so a test compound could otherwise come in under another name. Rows get
+    the ids ``aflow:<property>:<split>:<row>``.
+    """
+    forbidden = set()
+    for b in BENCHMARKS.values():
+        test = load_split(b.name, b.test_split)
+        forbidden.update(reduced_formula_key(test.atoms_of(i)) for i in range(len(test)))
+
+    def digests(data: CrystalDataset) -> list[tuple[bytes, bytes, bytes]]:
+        # the same structure listed under several properties parses to the same arrays
+        return [(data.atoms_of(i).tobytes(), np.round(data.lattices[i], 4).tobytes(),
+                 np.round(data.frac_coords[data.offsets[i]:data.offsets[i + 1]], 4).tobytes())
+                for i in range(len(data))]
+
+    def load(prop: str, split: str) -> CrystalDataset:
+        return load_csv(data_root() / "aflow_properties" / prop / f"{split}.csv.gz")
+
+    seen = {d for prop in AFLOW_PROPERTIES for d in digests(load(prop, "test"))}
+    parts = []
+    for prop in AFLOW_PROPERTIES:
+        for split in ("train", "val"):
+            data = load(prop, split)
+            keep = []
+            for i, digest in enumerate(digests(data)):
+                numbers = data.atoms_of(i)
+                if digest in seen or reduced_formula_key(numbers) in forbidden or set(numbers.tolist()) == {6}:
+                    continue
+                seen.add(digest)
+                keep.append(i)
+            part = data.subset(keep)
+            part.meta = pd.DataFrame({"material_id": [f"aflow:{prop}:{split}:{r}" for r in part.meta["row"]]})
+            parts.append(part)
+    return CrystalDataset.concat(parts, source="AFLOW property sets (train+val), minus every test formula")

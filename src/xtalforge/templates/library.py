@@ -402,8 +402,10 @@ def _symmetry(
     return spacegroup, wyckoffs
 
 
-def benchmark_library(benchmark: str, pooled: bool = False, use_cache: bool = True) -> TemplateLibrary:
-    """The template library allowed when ``benchmark``'s test split is reported: ``training_set(benchmark, pooled)``.
+def benchmark_library(benchmark: str, pooled: bool = False, use_cache: bool = True,
+                      aflow: bool = False) -> TemplateLibrary:
+    """The template library allowed when ``benchmark``'s test split is reported:
+    ``training_set(benchmark, pooled, aflow)``.
 
     Symmetry analysis of ~10k entries takes a minute, so the library is cached under the dataset cache folder,
     keyed by the training set's hash.
@@ -411,8 +413,9 @@ def benchmark_library(benchmark: str, pooled: bool = False, use_cache: bool = Tr
     from xtalforge.data.dataset import cache_dir
     from xtalforge.data.protocol import training_set
 
-    data = training_set(benchmark, pooled=pooled)
-    name = f"{benchmark}{'_pooled' if pooled else ''}.{data.sha256[:16]}.v{_FORMAT_VERSION}.npz"
+    data = training_set(benchmark, pooled=pooled, aflow=aflow)
+    kind = f"{'_pooled' if pooled else ''}{'_aflow' if aflow else ''}"
+    name = f"{benchmark}{kind}.{data.sha256[:16]}.v{_FORMAT_VERSION}.npz"
     path = cache_dir() / "templates" / name
     if use_cache and path.is_file():
         return TemplateLibrary.load(path)
@@ -421,7 +424,7 @@ def benchmark_library(benchmark: str, pooled: bool = False, use_cache: bool = Tr
     # the shipped library holds every val split: reuse its symmetry labels
     known = TemplateLibrary.load(SHIPPED_LIBRARY) if SHIPPED_LIBRARY.is_file() else None
     library = TemplateLibrary.from_dataset(data, known=known)
-    library.source = f"training_set({benchmark!r}, pooled={pooled})"
+    library.source = f"training_set({benchmark!r}, pooled={pooled}, aflow={aflow})"
     if use_cache:
         library.save(path)
     return library

@@ -28,7 +28,7 @@ from xtalforge.backbone.crysformer import CrysformerConfig
 from xtalforge.crystal import atomic_write_text
 from xtalforge.data.batch import collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset, load_csv
-from xtalforge.data.protocol import BENCHMARKS, check_no_leak, load_split, training_set
+from xtalforge.data.protocol import BENCHMARKS, aflow_structures, check_no_leak, load_split, training_set
 from xtalforge.errors import XtalforgeError
 from xtalforge.models.dao_g import DAOG, save_atomic, z_prior
 
@@ -39,7 +39,8 @@ class TrainConfig:
 
     Attributes:
         data: a benchmark name (its protocol training set), several joined by ``+`` (their val splits pooled, minus
-            every row whose material_id is in any of their test splits), or a CSV path.
+            every row whose material_id is in any of their test splits), or a CSV path. ``+aflow`` adds the AFLOW
+            structures of :func:`~xtalforge.data.protocol.aflow_structures` (no test formula of any benchmark).
         pooled: for a single benchmark, use :func:`training_set` with ``pooled=True``.
         max_atoms: drop training crystals with more atoms.
         out_dir: checkpoints, EMA weights and ``log.jsonl``.
@@ -95,9 +96,14 @@ def load_training_data(cfg: TrainConfig) -> tuple[CrystalDataset, list[str]]:
         data = load_csv(cfg.data)
         return data.subset(np.flatnonzero(data.num_atoms <= cfg.max_atoms)), []
     names = cfg.data.split("+")
+    extra = [aflow_structures()] if "aflow" in names else []
+    names = [n for n in names if n != "aflow"]
     for name in names:
         if name not in BENCHMARKS:
-            raise XtalforgeError(f"unknown benchmark '{name}' in --data (choose from {', '.join(BENCHMARKS)})")
+            raise XtalforgeError(f"unknown benchmark '{name}' in --data (choose from {', '.join(BENCHMARKS)}, "
+                                 "and 'aflow' for the AFLOW structures)")
+    if not names:
+        raise XtalforgeError("--data needs at least one benchmark next to 'aflow'")
     if len(names) == 1:
         data = training_set(names[0], pooled=cfg.pooled)
     else:
@@ -107,6 +113,8 @@ def load_training_data(cfg: TrainConfig) -> tuple[CrystalDataset, list[str]]:
             val = load_split(n, BENCHMARKS[n].train_split)
             parts.append(val.subset([i for i, mid in enumerate(val.ids) if mid not in forbidden]))
         data = CrystalDataset.concat(parts, source=f"val splits of {cfg.data} minus their test ids")
+    if extra:
+        data = CrystalDataset.concat([data, *extra], source=f"{data.source} + {extra[0].source}")
     for name in names:
         check_no_leak(data, name)
     keep = np.flatnonzero(data.num_atoms <= cfg.max_atoms)

@@ -87,6 +87,21 @@ def test_predict_rank_by_orders_by_the_named_energy():
     assert sorted(c.crystal.volume for c in by_dao_p) == sorted(c.crystal.volume for c in default)
 
 
+def test_dao_g_alone_is_ranked_by_chgnet_energy_by_default():
+    import xtalforge
+    from xtalforge.ranking import chgnet_energy
+
+    default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10)
+    assert all(c.info["rank_by"] == "chgnet" for c in default)
+    values = [c.info["rank_value"] for c in default]
+    finite = [v for v in values if v is not None]
+    assert finite == sorted(finite) and values[: len(finite)] == finite  # NaN (unevaluable) last
+    np.testing.assert_allclose(finite, chgnet_energy([c.crystal for c in default])[: len(finite)], atol=1e-4)
+    by_score = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10, rank_by="score")
+    assert all(c.info["rank_by"] == "score" for c in by_score)
+    assert sorted(c.crystal.volume for c in by_score) == pytest.approx(sorted(c.crystal.volume for c in default))
+
+
 def test_cli_rank_by(tmp_path, capsys):
     from xtalforge.cli import main
 

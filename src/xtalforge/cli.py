@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet}",
                    help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
                    "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet); auto (default): "
-                   "the method's order, or CHGNet energy with --relax chgnet. " + _rank_note())
+                   "the method's order, or CHGNet energy with --relax chgnet or --method dao-g. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
     _add_guidance(p)

@@ -23,17 +23,22 @@ from xtalforge.errors import XtalforgeError
 #: Values of ``predict(rank_by=...)`` / ``xtalforge predict --rank-by``.
 RANK_BY = ("auto", "score", "dao-p", "chgnet")
 #: What ``rank_by="auto"`` uses without relaxation: the best rank-1 match rate measured by bench/ranking.py among the
-#: affordable rankings (see :data:`RANK_NOTE`).
+#: affordable rankings (see :data:`RANK_NOTE`): the method's own order, except for DAO-G alone
+#: (:data:`GENERATOR_RANK_BY`).
 DEFAULT_RANK_BY = "score"
+#: ``rank_by="auto"`` for ``method="dao-g"``: its samples' own score ranks them worse than CHGNet energy does.
+GENERATOR_RANK_BY = "chgnet"
 #: The measurement behind :data:`DEFAULT_RANK_BY` (also shown by ``xtalforge predict --help``).
 RANK_NOTE = (
     'Measured by bench/ranking.py (100 random MP-20 bi/ternary test entries, 20 candidates each): rank-1 match of '
     "template candidates in the method's own (then hand-made) order 64%, by CHGNet static energy 63%, by DAO-P "
     'energy 8% (random pick 16%, oracle-of-20 87%); DAO-G samples (mp20 weights, 13,800 steps) 17 / 23 / 8% '
-    '(random 13%, oracle 55%). '
+    '(random 13%, oracle 55%), and with the shipped 32,800-step weights on 200 entries 21.0 / 33.0 / 8.0% (random '
+    '16%, oracle 62%): auto ranks --method dao-g by CHGNet energy (+0.25 s per 20 candidates). '
     'CHGNet energy after 20 FIRE steps of the 3 lowest (static CHGNet): 55% vs 65% for templates on 20 entries. '
     "Re-ranking templates costs ~1.2 s per 20 candidates plus model loading and gained nothing measurable, so auto "
-    "keeps the method's order (DAO-G candidates come after template ones; --rank-by chgnet re-ranks everything)."
+    "keeps the method's order for templates and auto (DAO-G candidates come after template ones; --rank-by chgnet "
+    "re-ranks everything)."
 )
 
 
@@ -112,7 +117,8 @@ def predict(
         device: torch device of neural methods (``cpu`` or ``cuda``).
         rank_by: order of the returned candidates (see :mod:`xtalforge.ranking`): ``score`` (the method's own order),
             ``dao-p`` (DAO-P predicted energy per atom), ``chgnet`` (CHGNet energy per atom; of the relaxed structures
-            when ``relax="chgnet"``), or ``auto``: :data:`DEFAULT_RANK_BY` without relaxation, ``chgnet`` with it.
+            when ``relax="chgnet"``), or ``auto``: ``chgnet`` with relaxation or for ``method="dao-g"``, else
+            :data:`DEFAULT_RANK_BY` (the method's order).
             The measurement behind this choice is :data:`RANK_NOTE`.
     """
     from xtalforge.methods import get_method
@@ -151,7 +157,7 @@ def predict(
             raise XtalforgeError(f"CHGNet could relax none of the candidates for {formula}")
         crystals = relaxed
         energies = [float(c.properties["energy_per_atom"]) for c in relaxed]
-    crystals, energies = _rank(crystals, energies, rank_by, relaxed=relax == "chgnet")
+    crystals, energies = _rank(crystals, energies, rank_by, relaxed=relax == "chgnet", method=method)
     out = []
     for rank, (c, e) in enumerate(zip(crystals, energies), start=1):
         info = {k: v for k, v in c.properties.items() if k not in ("score", "energy_per_atom")}
@@ -160,14 +166,16 @@ def predict(
 
 
 def _rank(crystals: list[Crystal], energies: list[float | None], rank_by: str,
-          relaxed: bool) -> tuple[list[Crystal], list[float | None]]:
+          relaxed: bool, method: str = "") -> tuple[list[Crystal], list[float | None]]:
     """Candidates and their relaxed energies in the order of ``rank_by``; the ranking value is kept in
     ``properties["rank_value"]`` (lower is better) and its name in ``properties["rank_by"]``."""
     import numpy as np
 
     from xtalforge.ranking import dao_p_energy, method_score, order_of
 
-    by = ("chgnet" if relaxed else DEFAULT_RANK_BY) if rank_by == "auto" else rank_by
+    by = rank_by
+    if rank_by == "auto":
+        by = "chgnet" if relaxed else GENERATOR_RANK_BY if method == "dao-g" else DEFAULT_RANK_BY
     if by == "score":
         values = method_score(crystals)
     elif by == "dao-p":

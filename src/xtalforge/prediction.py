@@ -90,6 +90,9 @@ class Candidate:
             "energy_eV_per_atom": None if self.energy_per_atom is None else round(self.energy_per_atom, 4),
             "score": round(self.score, 4),
             "method": self.info.get("method", "-"),
+            # what ordered the candidates (e.g. chgnet: static CHGNet eV/atom), so a ranking can be checked
+            "rank_by": self.info.get("rank_by", "-"),
+            "rank_value": None if self.info.get("rank_value") is None else round(self.info["rank_value"], 4),
         }
 
 
@@ -195,9 +198,10 @@ def _rank(crystals: list[Crystal], energies: list[float | None], rank_by: str,
 
 
 def format_table(candidates: list[Candidate]) -> str:
-    """A markdown table of the candidates (rank, formula, space group, volume, energy)."""
+    """A markdown table of the candidates (rank, formula, space group, volume, energy, ranking name and value)."""
     rows = [c.row() for c in candidates]
-    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "score", "method"]
+    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "score", "method", "rank_by",
+            "rank_value"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join("-" if r[h] is None else str(r[h]) for h in head) + " |")

@@ -110,8 +110,9 @@ class TemplatesThenGenerator(CSPMethod):
         return self._generator
 
     def settings(self) -> dict:
+        # the generator's own settings name its weights (loading them is cheap next to any evaluation)
         return {"method": self.name, "templates": self.templates.settings(), "generator": self.generator_name,
-                "template_free_policy": "alternate"}
+                "generator_settings": self.generator.settings(), "template_free_policy": "alternate"}
 
     def _has_template(self, cell: Sequence[int]) -> bool:
         has = getattr(self.templates, "has_template", None)

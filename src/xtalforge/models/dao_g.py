@@ -228,6 +228,7 @@ class DAOGMethod(CSPMethod):
     def settings(self) -> dict:
         return {"method": self.name, "sampler": self.sampler, "steps": self.steps, "step_lr": self.step_lr,
                 "weights": self.model.meta.get("name", ""), "train_data": self.model.meta.get("data", ""),
+                "train_steps": self.model.meta.get("train_steps"),  # tells apart versions of the same weights name
                 "guidance": self.guidance, "energy_weights": self.energy_weights if self.guidance else None}
 
     def _check(self, targets: Sequence[Sequence[int]]) -> None:

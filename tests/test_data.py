@@ -83,14 +83,15 @@ def test_every_shipped_weight_file_is_small_and_has_a_model_card():
 
 
 def test_aflow_pretraining_structures_hold_no_test_formula_or_property_test_structure():
-    from xtalforge.data.protocol import BENCHMARKS, aflow_structures, data_root, reduced_formula_key
+    from xtalforge.data.protocol import BENCHMARKS, aflow_structures, data_root
+    from xtalforge.evaluation.matching import composition_key
 
     extra = aflow_structures()
     assert 2000 < len(extra) < 4905  # 4,905 distinct structures in the five property sets, before the filters
-    formulas = {reduced_formula_key(extra.atoms_of(i)) for i in range(len(extra))}
+    formulas = {composition_key(extra.atoms_of(i)) for i in range(len(extra))}
     for b in BENCHMARKS.values():
         test = load_split(b.name, b.test_split)
-        assert not formulas & {reduced_formula_key(test.atoms_of(i)) for i in range(len(test))}, b.name
+        assert not formulas & {composition_key(test.atoms_of(i)) for i in range(len(test))}, b.name
         check_no_leak(extra, b.name)
     assert all(mid.startswith("aflow:") for mid in extra.ids) and len(set(extra.ids)) == len(extra)
     prop_test = load_csv(data_root() / "aflow_properties" / "bulk_modulus" / "test.csv.gz")
@@ -99,4 +100,4 @@ def test_aflow_pretraining_structures_hold_no_test_formula_or_property_test_stru
 
     test_cells = {key(prop_test, i) for i in range(len(prop_test))}
     assert not any(key(extra, i) in test_cells for i in range(len(extra)))
-    assert reduced_formula_key(np.array([8, 26, 26, 8, 8, 8])) == ((8, 2), (26, 1))
+    assert composition_key(np.array([8, 26, 26, 8, 8, 8])) == ((8, 2), (26, 1))

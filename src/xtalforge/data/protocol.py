@@ -17,6 +17,7 @@ import pandas as pd
 
 from xtalforge.data.dataset import CrystalDataset, load_csv
 from xtalforge.errors import ProtocolError, XtalforgeError
+from xtalforge.evaluation.matching import composition_key
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,6 @@ def sample_indices(n_total: int, limit: int | None, seed: int = 0) -> np.ndarray
 AFLOW_PROPERTIES = ("bulk_modulus", "shear_modulus", "debye_temperature", "thermal_conductivity", "thermal_expansion")
 
 
-def reduced_formula_key(numbers: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """A cell's reduced formula as sorted ((Z, count / gcd), ...): the same for every multiple of a formula unit."""
-    elements, counts = np.unique(np.asarray(numbers), return_counts=True)
-    g = int(np.gcd.reduce(counts))
-    return tuple(zip(elements.tolist(), (counts // g).tolist()))
-
-
 def aflow_structures() -> CrystalDataset:
     """Extra pretraining crystals: the distinct structures of the AFLOW property sets (``aflow_properties/``).
 
@@ -154,7 +148,7 @@ def aflow_structures() -> CrystalDataset:
     forbidden = set()
     for b in BENCHMARKS.values():
         test = load_split(b.name, b.test_split)
-        forbidden.update(reduced_formula_key(test.atoms_of(i)) for i in range(len(test)))
+        forbidden.update(composition_key(test.atoms_of(i)) for i in range(len(test)))
 
     def digests(data: CrystalDataset) -> list[tuple[bytes, bytes, bytes]]:
         # the same structure listed under several properties parses to the same arrays
@@ -173,7 +167,7 @@ def aflow_structures() -> CrystalDataset:
             keep = []
             for i, digest in enumerate(digests(data)):
                 numbers = data.atoms_of(i)
-                if digest in seen or reduced_formula_key(numbers) in forbidden or set(numbers.tolist()) == {6}:
+                if digest in seen or composition_key(numbers) in forbidden or set(numbers.tolist()) == {6}:
                     continue
                 seen.add(digest)
                 keep.append(i)

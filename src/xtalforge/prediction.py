@@ -174,21 +174,15 @@ def _rank(crystals: list[Crystal], energies: list[float | None], rank_by: str,
     ``properties["rank_value"]`` (lower is better) and its name in ``properties["rank_by"]``."""
     import numpy as np
 
-    from xtalforge.ranking import dao_p_energy, method_score, order_of
+    from xtalforge.ranking import order_of, rank_values
 
     by = rank_by
     if rank_by == "auto":
         by = "chgnet" if relaxed else GENERATOR_RANK_BY if method == "dao-g" else DEFAULT_RANK_BY
-    if by == "score":
-        values = method_score(crystals)
-    elif by == "dao-p":
-        values = dao_p_energy(crystals)
-    elif relaxed:  # "chgnet" after relaxation: the relaxed energies we already have
+    if by == "chgnet" and relaxed:  # after relaxation: the relaxed energies we already have
         values = np.array(energies, dtype=np.float64)
     else:
-        from xtalforge.ranking import chgnet_energy
-
-        values = chgnet_energy(crystals)
+        values = rank_values(crystals, by)[0]
     # "score" keeps the method's own order (what bench/ranking.py measured), even where a method's order is not
     # a plain sort by score (e.g. template candidates re-ranked inside the method)
     order = np.arange(len(crystals)) if by == "score" else order_of(values)

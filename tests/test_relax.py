@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xtalforge.crystal import Crystal
-from xtalforge.errors import XtalforgeError
+from xtalforge.errors import StructureError, XtalforgeError
 from xtalforge.relax import chgnet_energies, load_chgnet, relax
 
 
@@ -91,3 +91,11 @@ def test_template_candidates_relaxed_and_ranked_by_energy() -> None:
     assert energies == sorted(energies)  # best (lowest eV/atom) first
     assert [c.properties["score"] for c in cands] == pytest.approx([-e for e in energies])
     assert all("template_id" in c.properties for c in cands)
+
+
+def test_collapsed_cell_is_refused_not_relaxed(perturbed_nacl: Crystal) -> None:
+    # NaCl has 25.7 A^3/atom; a tenth of it is below MIN_VOLUME_PER_ATOM (3), where CHGNet's graph can explode
+    c = perturbed_nacl
+    collapsed = Crystal(c.lattice * 0.1 ** (1 / 3), c.frac_coords, c.numbers)
+    with pytest.raises(StructureError, match="collapsed to 2.57 A"):
+        relax(collapsed, steps=5)

@@ -24,6 +24,7 @@ import numpy as np
 
 from xtalforge.crystal import Crystal
 from xtalforge.errors import StructureError, XtalforgeError
+from xtalforge.relax.chgnet import MIN_VOLUME_PER_ATOM
 
 if TYPE_CHECKING:
     from xtalforge.models.dao_p import DAOP
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
 RANKINGS = ("score", "dao-p", "chgnet", "chgnet-relax")
 #: Shipped DAO-P weights used for ``dao-p`` ranking.
 DAO_P_WEIGHTS = "energy_mp20"
-#: CHGNet is not asked about denser cells: the densest real solids have ~5.7 A^3/atom (diamond), and CHGNet's
-#: neighbour graph of a collapsed generated cell (0.1 A^3/atom occurs in DAO-G samples) took >20 GB and was OOM-killed.
-MIN_VOLUME_PER_ATOM = 3.0
 #: ... nor about cells with two atoms closer than this (Angstrom; CDVAE/DiffCSP structural validity).
 MIN_DISTANCE = 0.5
 

@@ -24,6 +24,10 @@ from xtalforge.errors import StructureError, XtalforgeError
 log = logging.getLogger(__name__)
 POTENTIALS = ("chgnet",)
 OPTIMIZERS = ("FIRE", "BFGS")
+#: CHGNet is not asked about denser cells (A^3/atom): the densest real solids have ~5.7 A^3/atom (diamond), and
+#: CHGNet's neighbour graph of a collapsed generated cell (0.1 A^3/atom occurs in DAO-G samples) took >20 GB and was
+#: OOM-killed. :func:`relax` also stops a relaxation whose cell collapses below it on the way.
+MIN_VOLUME_PER_ATOM = 3.0
 
 
 @dataclass
@@ -87,6 +91,16 @@ def _as_crystal(item: Crystal | Any) -> Crystal:
     raise XtalforgeError(f"cannot relax a {type(item).__name__}: pass a Crystal, pymatgen Structure or ASE Atoms")
 
 
+def _check_not_collapsed(atoms: Any, formula: str) -> None:
+    """Stop before the next force call builds an enormous neighbour graph (the cell filter can shrink a bad start)."""
+    volume = abs(float(np.linalg.det(np.asarray(atoms.cell))))
+    if volume / len(atoms) < MIN_VOLUME_PER_ATOM:
+        raise StructureError(
+            f"CHGNet relaxation of {formula} stopped: the cell collapsed to {volume / len(atoms):.2f} A^3/atom "
+            f"(below {MIN_VOLUME_PER_ATOM})"
+        )
+
+
 def relax(
     crystal_or_structure: Crystal | Any,
     potential: str = "chgnet",
@@ -123,6 +137,7 @@ def relax(
     crystal = _as_crystal(crystal_or_structure)
     atoms = crystal.to_atoms()
     n = len(atoms)
+    _check_not_collapsed(atoms, crystal.formula)
     with torch_threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         atoms.calc = _calculator()
@@ -132,6 +147,7 @@ def relax(
             opt_cls = FIRE if optimizer == "FIRE" else BFGS
             opt = opt_cls(target, logfile=None, trajectory=str(trajectory) if trajectory else None)
             opt.attach(lambda: energies.append(atoms.get_potential_energy() / n), interval=1)
+            opt.attach(lambda: _check_not_collapsed(atoms, crystal.formula), interval=1)
             converged = bool(opt.run(fmax=fmax, steps=int(steps)))
         except (ValueError, RuntimeError) as exc:  # CHGNet raises these for isolated atoms or broken graphs
             raise StructureError(f"CHGNet cannot relax {crystal.formula}: {str(exc).splitlines()[0]}") from None

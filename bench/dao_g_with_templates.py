@@ -78,9 +78,8 @@ def denoising_loss(model: DAOG, entries: list[dict], times: list[int], draws: in
         t = torch.tensor(times, dtype=torch.long).repeat_interleave(draws * k)
         eps_l = torch.randn(reps, 3, 3, generator=gen).repeat_interleave(k, 0)
         eps_f = torch.randn(reps, n, 3, generator=gen).repeat_interleave(k, 0)
-        noised = model.noise(batch, t, eps=(eps_l, eps_f))
-        eps_hat, coord_hat = model(noised["lattice"], noised["frac"], batch.types, batch.mask, t)
-        loss = ((eps_hat - eps_l) ** 2).mean(dim=(1, 2)) + ((coord_hat - noised["target_coord"]) ** 2).mean(dim=(1, 2))
+        lattice_mse, coord_sse = model.squared_errors(batch, t, eps=(eps_l, eps_f))
+        loss = lattice_mse + coord_sse / (3.0 * n)
         out.append(loss.view(reps, k).mean(0).numpy())
     return out
 

@@ -97,6 +97,20 @@ class DAOG(nn.Module):
         target_f = wrapped_normal_score(sigma * eps_f, sigma) / norm.sqrt()
         return {"lattice": lattice_t, "frac": frac_t, "eps_lattice": eps_l, "target_coord": target_f}
 
+    def squared_errors(self, batch: CrystalBatch, t: torch.Tensor, generator: torch.Generator | None = None,
+                       eps: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       forward: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two training errors per crystal at integer times ``t`` (B,): the lattice noise MSE (B,) and the
+        squared error of the normalised coordinate score summed over the crystal's real atoms (B,); divide the
+        second by 3 x atoms for a mean. ``eps`` as in :meth:`noise`; ``forward`` as in :meth:`loss`."""
+        forward = forward or self
+        noised = self.noise(batch, t, generator, eps)
+        eps_hat, coord_hat = forward(noised["lattice"], noised["frac"], batch.types, batch.mask, t)
+        lattice_mse = ((eps_hat - noised["eps_lattice"]) ** 2).mean(dim=(1, 2))
+        mask = batch.mask.to(coord_hat.dtype)[..., None]
+        coord_sse = (((coord_hat - noised["target_coord"]) ** 2) * mask).sum(dim=(1, 2))
+        return lattice_mse, coord_sse
+
     def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
              forward: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE(eps_L) + MSE(normalised score_F) at t ~ U{1..T} per crystal (reference §2, equal weights).
@@ -104,15 +118,12 @@ class DAOG(nn.Module):
         The coordinate MSE averages over real atoms only (padding excluded). ``forward`` is the module to call for
         the prediction (a DDP wrapper of this model during distributed training; default ``self``).
         """
-        forward = forward or self
         b = batch.lattice.shape[0]
         if t is None:
             t = torch.randint(1, self.timesteps + 1, (b,), generator=generator).to(batch.lattice.device)
-        noised = self.noise(batch, t, generator)
-        eps_hat, coord_hat = forward(noised["lattice"], noised["frac"], batch.types, batch.mask, t)
-        loss_l = ((eps_hat - noised["eps_lattice"]) ** 2).mean()
-        mask = batch.mask.to(coord_hat.dtype)[..., None]
-        loss_f = (((coord_hat - noised["target_coord"]) ** 2) * mask).sum() / (3.0 * mask.sum())
+        lattice_mse, coord_sse = self.squared_errors(batch, t, generator, forward=forward)
+        loss_l = lattice_mse.mean()
+        loss_f = coord_sse.sum() / (3.0 * batch.mask.sum())
         loss = loss_l + loss_f
         logs = {"loss": float(loss.detach()), "loss_lattice": float(loss_l.detach()),
                 "loss_coord": float(loss_f.detach())}

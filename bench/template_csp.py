@@ -44,7 +44,12 @@ from xtalforge.templates import RankWeights, TemplateCSP, anonymous_key, benchma
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path(__file__).resolve().parent.parent / "runs" / "template_csp"
-RANKERS = {"learned": "shipped", "hand": None}  # TemplateCSP(ranker=...) of the --ranker choices
+RANKERS = {"learned": "shipped", "hand": None}  # TemplateCSP(ranker=...) of the --ranker names (else a file path)
+
+
+def ranker_arg(ranker: str) -> str | None:
+    """TemplateCSP's ``ranker=`` for a ``--ranker`` value: a name of RANKERS or the path of a ranker file."""
+    return RANKERS[ranker] if ranker in RANKERS else ranker
 
 
 def settings_tag(method) -> str:
@@ -80,10 +85,10 @@ def run_test(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[in
     library = benchmark_library(bench, pooled=pooled, aflow=aflow)
     t_library = time.perf_counter() - t0
     check_no_leak(list(library.ids), bench)
-    method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
+    method = TemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=ranker_arg(ranker),
                          **(relax_kw or {}))
     tag = relax if relax == "none" else f"{relax}-top{(relax_kw or {}).get('relax_top')}"
-    tag += f"_{ranker}_{settings_tag(method)}"
+    tag += f"_{ranker if ranker in RANKERS else Path(ranker).stem}_{settings_tag(method)}"
     tag += "" if dedupe else "_nodedupe"
     tag += "" if subset == "all" else f"_{subset}"
     kind = f"{'pooled' if pooled else 'own'}{'+aflow' if aflow else ''}"
@@ -125,7 +130,7 @@ def run_val(bench: str, pooled: bool, limit: int | None, seed: int, ks: list[int
     t_library = time.perf_counter() - t0
     data = load_split(bench, split)
     idx = sample_indices(len(data), limit, seed)
-    method = HoldOutTemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=RANKERS[ranker],
+    method = HoldOutTemplateCSP(library, weights=weights, relax=relax, dedupe=dedupe, ranker=ranker_arg(ranker),
                                 **(relax_kw or {}))
     matcher = PairMatcher()
     n_max = max(ks)
@@ -183,8 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subset", choices=["all", "template_free"], default="all", help="test rows to evaluate")
     ap.add_argument("--no-dedupe", action="store_true", help="keep candidates that match a better one")
     ap.add_argument("--workers", type=int, default=1, help="matching processes (test split)")
-    ap.add_argument("--ranker", choices=list(RANKERS), default="learned",
-                    help="learned re-ranker (the default of TemplateCSP) or the hand-made score alone")
+    ap.add_argument("--ranker", default="learned",
+                    help="learned (the shipped re-ranker, TemplateCSP's default), hand (the hand-made score alone) "
+                         "or the path of a ranker file")
     ap.add_argument("--aflow", action="store_true", help="add the AFLOW structures to the library (test split)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -12,6 +12,8 @@
 3. Fit on all collected entries and write src/xtalforge/weights/template_ranker.npz (+ the JSON in bench/results/).
 
     nice python bench/train_template_ranker.py --limit 10000 --workers 2   # every val entry (5 x hidden 32, 120 epochs)
+
+``--no-aflow`` builds the libraries without the AFLOW structures (the shipped ranker before they were added).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ RUNS = Path(__file__).resolve().parent.parent / "runs" / "template_ranker"
 _W: dict = {}
 
 
-def _init(bench: str) -> None:
-    # TemplateCSP's own pool size: the features of a candidate must be what inference computes
-    _W["method"] = HoldOutTemplateCSP(benchmark_library(bench, pooled=True), ranker=None)
+def _init(bench: str, aflow: bool) -> None:
+    # TemplateCSP's own pool size and library: the features of a candidate must be what inference computes
+    _W["method"] = HoldOutTemplateCSP(benchmark_library(bench, pooled=True, aflow=aflow), ranker=None)
     _W["data"] = load_split(bench, "val")
     _W["tol"] = MatchTolerance()
 
@@ -68,17 +70,17 @@ def _entry(i: int) -> tuple[int, np.ndarray, np.ndarray]:
     return i, x, y
 
 
-def collect(bench: str, limit: int, seed: int, workers: int) -> dict:
+def collect(bench: str, limit: int, seed: int, workers: int, aflow: bool) -> dict:
     version = hashlib.sha1(",".join(FEATURES).encode()).hexdigest()[:8]  # a changed feature set collects anew
-    path = RUNS / f"{bench}_n{limit}_s{seed}_top{RERANK_TOP}_{version}.npz"
+    path = RUNS / f"{bench}_n{limit}_s{seed}_top{RERANK_TOP}_{version}{'_aflow' if aflow else ''}.npz"
     if path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    _init(bench)  # parse and cache the data here: pool workers are daemons and cannot start parsers of their own
+    _init(bench, aflow)  # parse and cache the data here: pool workers are daemons and cannot start parsers of their own
     n_val = len(_W["data"])
     indices = [int(i) for i in sample_indices(n_val, limit, seed)]
     t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(bench,)) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(bench, aflow)) as pool:
         rows = list(tqdm(pool.imap_unordered(_entry, indices, chunksize=4), total=len(indices), desc=bench))
     rows.sort(key=lambda r: r[0])
     x = np.concatenate([r[1] for r in rows])
@@ -167,11 +169,14 @@ def main() -> None:
     ap.add_argument("--weight_decay", type=float, default=1e-3)
     ap.add_argument("--members", type=int, default=5, help="networks averaged (seed ensemble)")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--aflow", action=argparse.BooleanOptionalAction, default=True,
+                    help="template library with the AFLOW structures, as the shipped library has them")
     ap.add_argument("--out", type=Path, default=SHIPPED_RANKER)
+    ap.add_argument("--report", type=Path, default=RESULTS / "template_ranker.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     benches = args.benchmarks.split(",")
-    data = {b: collect(b, args.limit, args.seed, args.workers) for b in benches}
+    data = {b: collect(b, args.limit, args.seed, args.workers, args.aflow) for b in benches}
     # one ranker serves every benchmark, so no entry whose material_id is in any test split may train it (MP-20 and
     # MPTS-52 share Materials Project ids)
     test_ids = set().union(*(load_split(b, BENCHMARKS[b].test_split).ids for b in BENCHMARKS))
@@ -221,7 +226,7 @@ def main() -> None:
               "candidates": {b: int(len(data[b]["y"])) for b in benches}, "features": list(FEATURES),
               "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                            "xtalforge": version("xtalforge")}}
-    atomic_write_text(RESULTS / "template_ranker.json", json.dumps(report, indent=1))
+    atomic_write_text(args.report, json.dumps(report, indent=1))
     print("wrote", args.out)
 
 

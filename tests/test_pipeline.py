@@ -32,7 +32,7 @@ def test_generator_fills_short_rows_in_one_batch_and_ranks_them_last():
 
 
 def test_template_free_cells_alternate_templates_and_samples():
-    auto = get_method("auto", steps=5)
+    auto = get_method("auto", steps=5, redecorate_candidates=0)  # without re-decorated templates (test_redecorate)
     cell = _cell({"Li": 1, "Fe": 2, "O": 13})  # no library structure has counts (1, 2, 13)
     assert not auto.templates.has_template(cell)
     (row,) = auto.generate([cell], n=6, seed=0)
@@ -51,11 +51,11 @@ def test_default_dao_g_samples_cells_above_20_atoms_with_the_mpts52_weights():
 
 def test_auto_generates_for_cells_above_20_atoms_only_with_the_mpts52_weights():
     cell = _cell({"Li": 1, "Fe": 4, "O": 17})  # 22 atoms, counts (1, 4, 17) in no library structure
-    default = get_method("auto", steps=2)
+    default = get_method("auto", steps=2, redecorate_candidates=10)
     assert not default.templates.has_template(cell)
     (row,) = default.generate([cell], n=4, seed=0)
-    assert {c.properties["method"] for c in row} <= {"template"}, "the default generator stops at 20 atoms"
-    (row,) = get_method("auto", weights="mpts52", steps=2).generate([cell], n=4, seed=0)
+    assert {c.properties["method"] for c in row} <= {"template", "redecorate"}, "the generator stops at 20 atoms"
+    (row,) = get_method("auto", weights="mpts52", steps=2, redecorate_candidates=0).generate([cell], n=4, seed=0)
     generated = [c for c in row if c.properties["method"] == "dao-g"]
     assert generated and {c.properties["weights"] for c in generated} == {"mpts52"}
     assert all(sorted(c.numbers.tolist()) == sorted(cell) for c in generated)

@@ -81,25 +81,30 @@ class BySize(CSPMethod):
 
 
 class TemplatesThenGenerator(CSPMethod):
-    """Template candidates first; samples of ``generator`` where the templates are weak.
+    """Template candidates first; re-decorated templates and samples of ``generator`` where the templates are weak.
 
     - A target whose exact-count anonymised formula is in the template library gets up to ``n`` template candidates;
       slots they leave empty are filled by generator samples, ranked after every template candidate.
     - A template-free target (no exact template: the template method can only offer supercells and merged site sets)
-      gets ``ceil(n / 2)`` template candidates alternating with generator samples. On such entries neither source
-      is clearly better (MP-20 bi/ternary test, k=20: templates 13.3% of the 30 absent from the pooled library; on the
-      33 absent from MP-20 val, templates 3.0%, DAO-G 9.1%, alternating 12.1%; bench/results/dao_g.json).
+      gets the three sources in turn: a template candidate, a re-decorated template (``redecorator``, same-size
+      structures with a few atoms' species changed, ranked by CHGNet energy; see
+      :mod:`xtalforge.templates.redecorate`), a generator sample, and again, each source taking about a third of the
+      slots (the template candidates the first of them) and a short source's slots going to the next. Without a
+      ``redecorator``, template candidates alternate with generator samples (half each).
+      Measured on the MP-20 bi/ternary test entries absent from the pooled library: bench/results/redecorate.json.
 
     The generator is created on first use (``generator_factory()``), so a composition that templates fill never loads
-    the network. Targets with more atoms than the generator allows keep only their template candidates.
+    the network. Targets with more atoms than the generator allows get no generated candidates.
     """
 
     name = "auto"
 
-    def __init__(self, templates: CSPMethod, generator_factory, generator_name: str = "dao-g") -> None:
+    def __init__(self, templates: CSPMethod, generator_factory, generator_name: str = "dao-g",
+                 redecorator: CSPMethod | None = None) -> None:
         self.templates = templates
         self.generator_factory = generator_factory
         self.generator_name = generator_name
+        self.redecorator = redecorator
         self._generator: CSPMethod | None = None
         self.max_atoms = templates.max_atoms
 
@@ -111,27 +116,44 @@ class TemplatesThenGenerator(CSPMethod):
 
     def settings(self) -> dict:
         # the generator's own settings name its weights (loading them is cheap next to any evaluation)
-        return {"method": self.name, "templates": self.templates.settings(), "generator": self.generator_name,
-                "generator_settings": self.generator.settings(), "template_free_policy": "alternate"}
+        out = {"method": self.name, "templates": self.templates.settings(), "generator": self.generator_name,
+               "generator_settings": self.generator.settings(), "template_free_policy": "alternate"}
+        if self.redecorator is not None:
+            out["redecorator_settings"] = self.redecorator.settings()
+            out["template_free_policy"] = "alternate template / redecorated / generated"
+        return out
 
     def _has_template(self, cell: Sequence[int]) -> bool:
         has = getattr(self.templates, "has_template", None)
         return True if has is None else bool(has(cell))
 
-    def _merge(self, templates: list[Crystal], generated: list[Crystal], alternate: bool) -> list[Crystal]:
-        """Template candidates, then (or alternating with) generated ones; scores stay decreasing down the list."""
+    def _shares(self, n: int, free: bool, n_templates: int) -> tuple[int, int]:
+        """Template candidates kept and re-decorated candidates wanted for one target (the rest: generated)."""
+        if not free:
+            return min(n_templates, n), 0
+        if self.redecorator is None:
+            return min(n_templates, n - n // 2), 0
+        keep = min(n_templates, n - 2 * (n // 3))
+        return keep, n - keep - n // 3
+
+    def _merge(self, templates: list[Crystal], redecorated: list[Crystal], generated: list[Crystal],
+               alternate: bool) -> list[Crystal]:
+        """Template candidates, then (or in turn with) re-decorated and generated ones; scores decrease down the
+        list."""
         for c in templates:
             c.properties.setdefault("method", self.templates.name)
+        for c in redecorated:
+            c.properties["method"] = self.redecorator.name
         for c in generated:
             c.properties["method"] = self.generator_name
         if not alternate:
             for c in generated:  # below every template score (template scores are log-probabilities > -1e3)
                 c.properties["score"] = GENERATED_SCORE_OFFSET + float(c.properties.get("score", 0.0))
-            return templates + generated
-        merged = [c for pair in zip(templates, generated) for c in pair]
-        merged += templates[len(generated):] + generated[len(templates):]
-        for prev, c in zip(merged, merged[1:]):
-            if c.properties["method"] == self.generator_name:
+            return templates + redecorated + generated
+        sources = [templates, redecorated, generated]
+        merged = [s[i] for i in range(max(map(len, sources))) for s in sources if i < len(s)]
+        for prev, c in zip(merged, merged[1:]):  # every score just below the one above it
+            if c.properties["method"] != self.templates.name or c.properties["score"] >= prev.properties["score"]:
                 c.properties["score"] = float(prev.properties.get("score", 0.0)) - 1e-3
         return merged
 
@@ -141,45 +163,65 @@ class TemplatesThenGenerator(CSPMethod):
             for c in row:
                 c.properties.setdefault("method", self.templates.name)
         free = [not self._has_template(t) for t in targets]
-        keep = [min(len(row), n - n // 2) if f else len(row) for row, f in zip(out, free)]
-        wanted = [i for i in range(len(targets)) if keep[i] < n]
+        shares = [self._shares(n, f, len(row)) for row, f in zip(out, free)]
+        redecorated: list[list[Crystal]] = [[] for _ in targets]
+        wanted = [i for i, (_, r) in enumerate(shares) if r > 0 and len(targets[i]) <= self.redecorator.max_atoms]
+        rows = self.redecorator.generate([targets[i] for i in wanted], n, seed) if wanted else []
+        for i, row in zip(wanted, rows):
+            redecorated[i] = row[: shares[i][1]]
+        missing = [n - keep - len(redecorated[i]) for i, (keep, _) in enumerate(shares)]
+        wanted = [i for i in range(len(targets)) if missing[i] > 0]
         if not wanted:
-            return out
+            return [self._merge(out[i][: shares[i][0]], redecorated[i], [], free[i]) for i in range(len(targets))]
         gen = self.generator
         wanted = [i for i in wanted if len(targets[i]) <= gen.max_atoms]
         # one batched generator call for every missing slot: each cell repeated once per sample it needs
-        cells = [list(targets[i]) for i in wanted for _ in range(n - keep[i])]
+        cells = [list(targets[i]) for i in wanted for _ in range(missing[i])]
         samples = iter(gen.sample_cells(cells, seed) if cells else [])
+        generated: list[list[Crystal]] = [[] for _ in targets]
         for i in wanted:
-            extra = [s for s in (next(samples) for _ in range(n - keep[i])) if s is not None]
+            extra = [s for s in (next(samples) for _ in range(missing[i])) if s is not None]
             extra.sort(key=lambda c: -float(c.properties.get("score", 0.0)))
-            out[i] = self._merge(out[i][: keep[i]], extra, alternate=free[i])
-        return out
+            generated[i] = extra
+        return [self._merge(out[i][: shares[i][0]], redecorated[i], generated[i], free[i]) for i in range(len(targets))]
 
     def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
         crystals = self.templates.predict_target(target, n, seed)
         free = not any(self._has_template(cell) for cell in target.cells(self.templates.max_atoms))
-        keep = min(len(crystals), n - n // 2) if free else len(crystals)
-        if keep >= n:
-            return self._merge(crystals, [], alternate=False)
+        keep, want = self._shares(n, free, len(crystals))
+        redecorated = []
+        if want > 0:
+            try:
+                redecorated = self.redecorator.predict_target(target, want, seed)
+            except AtomLimitError:
+                redecorated = []
+        if keep + len(redecorated) >= n:
+            return self._merge(crystals[:keep], redecorated, [], alternate=free)
         try:
-            extra = self.generator.predict_target(target, n - keep, seed)
+            extra = self.generator.predict_target(target, n - keep - len(redecorated), seed)
         except AtomLimitError:  # the generator's cells are smaller than this composition needs
-            return self._merge(crystals, [], alternate=False)
-        return self._merge(crystals[:keep], extra, alternate=free)
+            extra = []
+        return self._merge(crystals[:keep], redecorated, extra, alternate=free)
 
 
 @register("auto")
 def _make_auto(library=None, weights: str | None = None, steps: int = 50, sampler: str = "pc",
-               device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0) -> TemplatesThenGenerator:
-    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu", guidance=0.0)``.
+               device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0,
+               redecorate_candidates: int = 1000) -> TemplatesThenGenerator:
+    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu", guidance=0.0,
+    redecorate_candidates=1000)``.
 
     The generator is DAO-G with ``weights``, by default the MP-20 weights alone, so only cells of <= 20 atoms get
     generated candidates: the 21-52-atom weights (``weights="mpts52"``) matched none of 60 sampled MPTS-52 test
     entries whose short template lists have no match (920 samples; 11% of such lists of <= 20 atoms are rescued by the
-    MP-20 weights), at ~1 CPU-s per sample (bench/results/dao_g_with_templates.json).
+    MP-20 weights), at ~1 CPU-s per sample (bench/results/dao_g_with_templates.json). Template-free targets also get
+    re-decorated templates from the same library, at most ``redecorate_candidates`` of them evaluated by CHGNet
+    (0: none, templates and samples alternate as before).
     """
     templates = get_method("template", library=library)
+    redecorator = None
+    if redecorate_candidates > 0:
+        redecorator = get_method("redecorate", library=templates.library, max_candidates=redecorate_candidates)
 
     def generator() -> CSPMethod:
         from xtalforge.models.dao_g import DEFAULT_WEIGHTS
@@ -187,4 +229,4 @@ def _make_auto(library=None, weights: str | None = None, steps: int = 50, sample
         return get_method("dao-g", weights=weights or DEFAULT_WEIGHTS, steps=steps, sampler=sampler, device=device,
                           step_lr=step_lr, guidance=guidance)
 
-    return TemplatesThenGenerator(templates, generator)
+    return TemplatesThenGenerator(templates, generator, redecorator=redecorator)

@@ -8,9 +8,11 @@
 
 from xtalforge.templates.csp import RankWeights, TemplateCSP, load_shipped_library
 from xtalforge.templates.library import TemplateLibrary, anonymous_key, benchmark_library, reduced_key
+from xtalforge.templates.redecorate import RedecoratedTemplates
 
 __all__ = [
     "RankWeights",
+    "RedecoratedTemplates",
     "TemplateCSP",
     "TemplateLibrary",
     "anonymous_key",

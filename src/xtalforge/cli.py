@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("formula", help="e.g. CsV3Sb5 (reduced: Z is enumerated) or Ga4Te4 (exact cell)")
     p.add_argument("--n", type=int, default=20, help="number of candidates (default 20)")
     p.add_argument("--method", default="auto", help="auto (default: template candidates; DAO-G samples fill "
-                   "the slots templates leave empty), template, dao-g")
+                   "the slots templates leave empty; a composition no template fits also gets re-decorated "
+                   "templates, up to ~1 min of CHGNet per cell), template, redecorate, dao-g")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax candidates with CHGNet")
     p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet}",
                    help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
@@ -146,13 +147,13 @@ def cmd_evaluate(args) -> int:
         test = load_csv(args.data)
         library = None
     kwargs: dict = {}
-    if args.method != "template":
+    if args.method not in ("template", "redecorate"):  # the neural methods
         kwargs["device"] = args.device
         if args.steps is not None:
             kwargs["steps"] = args.steps
         if args.guidance:
             kwargs["guidance"] = args.guidance
-    if library is not None and (args.method == "auto" or "template" in args.method):
+    if library is not None and (args.method in ("auto", "redecorate") or "template" in args.method):
         from xtalforge.templates.library import benchmark_library
 
         # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)

@@ -431,18 +431,27 @@ class TemplateCSP(CSPMethod):
             relaxed.append(r)
         relaxed.sort(key=lambda c: -c.properties["score"])
         if self.dedupe:  # relaxation can take two candidates to the same minimum
-            distinct, kept = [], []
-            for c in relaxed:
-                reduced = reduce_structure(c.to_structure())
-                if not any(self._match(reduced, o) for o in kept):
-                    kept.append(reduced)
-                    distinct.append(c)
-            relaxed = distinct
+            relaxed = distinct_crystals(relaxed, self._tolerance)
         rest += cands[top:]
         floor = min((c.properties["score"] for c in relaxed), default=0.0)
         for rank, c in enumerate(rest):
             c.properties["score"] = floor - 1.0 - 1e-3 * rank
         return (relaxed + rest)[:n]
+
+
+def distinct_crystals(crystals: Sequence[Crystal], tolerance: MatchTolerance,
+                      limit: int | None = None) -> list[Crystal]:
+    """The crystals in order, each dropped that matches an earlier kept one under ``tolerance``; at most ``limit``."""
+    kept: list[Crystal] = []
+    reduced_kept: list[Reduced] = []
+    for c in crystals:
+        if limit is not None and len(kept) >= limit:
+            break
+        reduced = reduce_structure(c.to_structure())
+        if not any(rms_dist_reduced(reduced, o, tolerance, first=True) is not None for o in reduced_kept):
+            reduced_kept.append(reduced)
+            kept.append(c)
+    return kept
 
 
 def _reduce_fast(library: TemplateLibrary, i: int) -> Reduced:

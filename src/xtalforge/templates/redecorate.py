@@ -28,11 +28,11 @@ import numpy as np
 
 from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
-from xtalforge.evaluation.matching import MatchTolerance, reduce_structure, rms_dist_reduced
+from xtalforge.evaluation.matching import MatchTolerance
 from xtalforge.methods import CSPMethod, register
 from xtalforge.templates.chemistry import substitution_log_prob
-from xtalforge.templates.csp import load_shipped_library
-from xtalforge.templates.library import SYMPREC, TemplateLibrary
+from xtalforge.templates.csp import distinct_crystals, load_shipped_library
+from xtalforge.templates.library import SYMPREC, TemplateLibrary, anonymous_key
 
 
 class RedecoratedTemplates(CSPMethod):
@@ -59,12 +59,8 @@ class RedecoratedTemplates(CSPMethod):
         self.max_moves, self.skeletons, self.per_skeleton = int(max_moves), int(skeletons), int(per_skeleton)
         self.max_candidates, self.dedupe, self.threads = int(max_candidates), dedupe, threads
         self.max_atoms = int(self.library.num_atoms.max()) if len(self.library) else 0
-        lib = self.library
-        entry = np.repeat(np.arange(len(lib)), lib.num_atoms)
-        pairs = np.unique(np.stack([entry, lib.numbers.astype(np.int64)]), axis=1)  # (entry, element) once each
-        self._species = np.bincount(pairs[0], minlength=len(lib))  # (M,) distinct elements per entry
         self._substitution = substitution_log_prob()
-        self._volumes = lib.atomic_volumes
+        self._volumes = self.library.atomic_volumes
         self._tolerance = MatchTolerance()
 
     def settings(self) -> dict:
@@ -79,11 +75,11 @@ class RedecoratedTemplates(CSPMethod):
         numbers = np.asarray(numbers, dtype=np.int64)
         elements, counts = np.unique(numbers, return_counts=True)
         lib, n, s = self.library, len(numbers), len(elements)
+        # same atom and species count, other counts (an exact-count template is TemplateCSP's business)
+        keys = [k for k in lib.keys() if len(k) == s and sum(k) == n and k != anonymous_key(numbers)]
         out = []
-        for i in np.nonzero((lib.num_atoms == n) & (self._species == s))[0]:
+        for i in np.concatenate([lib.lookup(k) for k in keys]) if keys else []:
             t_elements, t_counts = np.unique(lib.atoms_of(int(i)), return_counts=True)
-            if sorted(t_counts) == sorted(counts):
-                continue  # an exact-count template: TemplateCSP's business
             for perm in itertools.permutations(range(s)):
                 target = elements[list(perm)]
                 moves = int(np.maximum(t_counts - counts[list(perm)], 0).sum())
@@ -150,32 +146,19 @@ class RedecoratedTemplates(CSPMethod):
         Each candidate has ``properties``: ``score`` (minus the CHGNet energy in eV/atom, higher is better),
         ``energy_per_atom``, ``template_id``, ``spacegroup`` of the template, ``moves`` and ``substitution``.
         A target no same-size structure fits gets an empty list."""
-        from xtalforge.ranking import chgnet_energy
+        from xtalforge.ranking import chgnet_energy, order_of
 
         out = []
         for numbers in targets:
             cands = self.candidates(numbers)
-            if not cands:
-                out.append([])
-                continue
-            energy = chgnet_energy(cands, threads=self.threads)
-            order = np.argsort(np.where(np.isfinite(energy), energy, np.inf), kind="stable")
-            kept, reduced_kept = [], []
-            for j in order:
+            energy = chgnet_energy(cands, threads=self.threads) if cands else np.zeros(0)
+            ranked = []
+            for j in order_of(energy):
                 if not np.isfinite(energy[j]):
                     break  # CHGNet could not evaluate it (or it is implausible): not offered
-                c = cands[int(j)]
-                if self.dedupe:
-                    reduced = reduce_structure(c.to_structure())
-                    if any(rms_dist_reduced(reduced, o, self._tolerance, first=True) is not None
-                           for o in reduced_kept):
-                        continue
-                    reduced_kept.append(reduced)
-                c.properties.update({"energy_per_atom": float(energy[j]), "score": -float(energy[j])})
-                kept.append(c)
-                if len(kept) >= n:
-                    break
-            out.append(kept)
+                cands[j].properties.update({"energy_per_atom": float(energy[j]), "score": -float(energy[j])})
+                ranked.append(cands[j])
+            out.append(distinct_crystals(ranked, self._tolerance, n) if self.dedupe else ranked[:n])
         return out
 
 

@@ -171,18 +171,16 @@ class TemplatesThenGenerator(CSPMethod):
             redecorated[i] = row[: shares[i][1]]
         missing = [n - keep - len(redecorated[i]) for i, (keep, _) in enumerate(shares)]
         wanted = [i for i in range(len(targets)) if missing[i] > 0]
-        if not wanted:
-            return [self._merge(out[i][: shares[i][0]], redecorated[i], [], free[i]) for i in range(len(targets))]
-        gen = self.generator
-        wanted = [i for i in wanted if len(targets[i]) <= gen.max_atoms]
-        # one batched generator call for every missing slot: each cell repeated once per sample it needs
-        cells = [list(targets[i]) for i in wanted for _ in range(missing[i])]
-        samples = iter(gen.sample_cells(cells, seed) if cells else [])
         generated: list[list[Crystal]] = [[] for _ in targets]
-        for i in wanted:
-            extra = [s for s in (next(samples) for _ in range(missing[i])) if s is not None]
-            extra.sort(key=lambda c: -float(c.properties.get("score", 0.0)))
-            generated[i] = extra
+        if wanted:  # only then is the generator loaded
+            gen = self.generator
+            wanted = [i for i in wanted if len(targets[i]) <= gen.max_atoms]
+            # one batched generator call for every missing slot: each cell repeated once per sample it needs
+            cells = [list(targets[i]) for i in wanted for _ in range(missing[i])]
+            samples = iter(gen.sample_cells(cells, seed) if cells else [])
+            for i in wanted:
+                generated[i] = [s for s in (next(samples) for _ in range(missing[i])) if s is not None]
+                generated[i].sort(key=lambda c: -float(c.properties.get("score", 0.0)))
         return [self._merge(out[i][: shares[i][0]], redecorated[i], generated[i], free[i]) for i in range(len(targets))]
 
     def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
@@ -193,8 +191,8 @@ class TemplatesThenGenerator(CSPMethod):
         if want > 0:
             try:
                 redecorated = self.redecorator.predict_target(target, want, seed)
-            except AtomLimitError:
-                redecorated = []
+            except AtomLimitError:  # no cell of this composition fits the library's largest structures
+                pass
         if keep + len(redecorated) >= n:
             return self._merge(crystals[:keep], redecorated, [], alternate=free)
         try:

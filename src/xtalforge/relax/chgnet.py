@@ -93,12 +93,10 @@ def _as_crystal(item: Crystal | Any) -> Crystal:
 
 def _check_not_collapsed(atoms: Any, formula: str) -> None:
     """Stop before the next force call builds an enormous neighbour graph (the cell filter can shrink a bad start)."""
-    volume = abs(float(np.linalg.det(np.asarray(atoms.cell))))
-    if volume / len(atoms) < MIN_VOLUME_PER_ATOM:
-        raise StructureError(
-            f"CHGNet relaxation of {formula} stopped: the cell collapsed to {volume / len(atoms):.2f} A^3/atom "
-            f"(below {MIN_VOLUME_PER_ATOM})"
-        )
+    per_atom = atoms.get_volume() / len(atoms)
+    if per_atom < MIN_VOLUME_PER_ATOM:
+        raise StructureError(f"CHGNet relaxation of {formula} stopped: the cell collapsed to {per_atom:.2f} A^3/atom "
+                             f"(below {MIN_VOLUME_PER_ATOM})")
 
 
 def relax(

@@ -59,15 +59,32 @@ def test_generate_ranks_by_chgnet_energy_and_skips_what_it_cannot_serve(library:
         RedecoratedTemplates(library, max_moves=0)
 
 
-def test_auto_takes_template_redecorated_and_generated_candidates_in_turn_for_template_free_cells() -> None:
+def test_auto_takes_redecorated_template_and_generated_candidates_in_turn_for_template_free_cells() -> None:
     from pymatgen.core import Element
 
     auto = get_method("auto", steps=5, redecorate_candidates=20)
     cell = [Element(el).Z for el, count in {"Li": 1, "Fe": 2, "O": 13}.items() for _ in range(count)]
     assert not auto.templates.has_template(cell)
     (row,) = auto.generate([cell], n=6, seed=0)
-    assert [c.properties["method"] for c in row] == ["template", "redecorate", "dao-g"] * 2
+    assert [c.properties["method"] for c in row] == ["redecorate", "template", "dao-g"] * 2
     scores = [c.properties["score"] for c in row]
     assert scores == sorted(scores, reverse=True), "scores decrease down the list"
     assert all(sorted(c.numbers.tolist()) == sorted(cell) for c in row)
     assert "redecorator_settings" in auto.settings()
+
+
+def test_auto_can_fill_short_template_lists_with_redecorated_and_generated_candidates_in_turn() -> None:
+    from pymatgen.core import Element
+
+    auto = get_method("auto", steps=5, redecorate_candidates=20, redecorate_short_lists=True)
+    cell = [Element(el).Z for el, count in {"Cs": 1, "V": 3, "Sb": 5}.items() for _ in range(count)]
+    assert auto.templates.has_template(cell)
+    (row,) = auto.generate([cell], n=12, seed=0)
+    methods = [c.properties["method"] for c in row]
+    n_template = methods.count("template")
+    assert 0 < n_template < 12 and methods[:n_template] == ["template"] * n_template, "template candidates first"
+    rest = methods[n_template:]
+    assert rest[:2] == ["redecorate", "dao-g"] and set(rest) == {"redecorate", "dao-g"}
+    scores = [c.properties["score"] for c in row]
+    assert scores == sorted(scores, reverse=True), "scores decrease down the list"
+    assert auto.settings()["short_list_policy"].startswith("templates, then redecorated")

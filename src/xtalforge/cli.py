@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="ranked candidate structures for a formula, written as CIF files")
     p.add_argument("formula", help="e.g. CsV3Sb5 (reduced: Z is enumerated) or Ga4Te4 (exact cell)")
     p.add_argument("--n", type=int, default=20, help="number of candidates (default 20)")
-    p.add_argument("--method", default="auto", help="auto (default: template candidates; DAO-G samples fill "
-                   "the slots templates leave empty; a composition no template fits also gets re-decorated "
-                   "templates, up to ~1 min of CHGNet per cell), template, redecorate, dao-g")
+    p.add_argument("--method", default="auto", help="auto (default: template candidates; re-decorated templates "
+                   "and DAO-G samples fill the slots templates leave empty, up to ~1 min of CHGNet per cell; a "
+                   "composition no template fits gets all three in turn), template, redecorate, dao-g")
+    p.add_argument("--no-redecorate", action="store_true",
+                   help="auto without re-decorated templates (no CHGNet calls: seconds instead of up to a minute)")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax candidates with CHGNet")
     p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet}",
                    help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
@@ -123,6 +125,10 @@ def cmd_predict(args) -> int:
     kwargs = {} if args.steps is None else {"steps": args.steps}
     if args.guidance:
         kwargs["guidance"] = args.guidance
+    if args.no_redecorate:
+        if args.method != "auto":
+            raise XtalforgeError(f"--no-redecorate applies to --method auto, not {args.method}")
+        kwargs["redecorate_candidates"] = 0
     candidates = predict(args.formula, n=args.n, method=args.method, relax=args.relax, seed=args.seed, z=args.z,
                          device=args.device, rank_by=args.rank_by, **kwargs)
     out = Path(args.out or f"xtalforge_{args.formula}")

@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["test", "val-loo", "test-short"])
     ap.add_argument("--max-siblings", type=int, default=2,
                     help="val-loo: val entries whose anonymised formula has at most this many library structures")
+    ap.add_argument("--min-siblings", type=int, default=0, help="val-loo: ... and more than this many")
     ap.add_argument("--methods", default="redecorate,auto,auto-without")
     ap.add_argument("--limit", type=int, default=None, help="a reproducible random sample of the subset")
     ap.add_argument("--seed", type=int, default=0)
@@ -152,9 +153,10 @@ def main() -> None:
     else:
         data = load_split(args.bench, "val")
         siblings = np.array([len(library.lookup(anonymous_key(data.atoms_of(i)))) for i in range(len(data))])
-        rows = np.nonzero(siblings <= args.max_siblings)[0]
-        label = f"val, formula with <= {args.max_siblings} library structures, those removed per entry"
-        tag = f"_valloo{args.max_siblings}"
+        rows = np.nonzero((siblings > args.min_siblings) & (siblings <= args.max_siblings))[0]
+        label = (f"val, formula with {args.min_siblings + 1}-{args.max_siblings} library structures, those removed "
+                 "per entry")
+        tag = f"_valloo{args.max_siblings}" + (f"min{args.min_siblings}" if args.min_siblings else "")
     subset = data.subset(rows)
     ks = [int(k) for k in args.ks.split(",")]
     out = Path(args.out)

@@ -352,6 +352,9 @@ def test_evaluate_csp_writes_report_and_resumes(tmp_path, dataset, crystals):
         assert method.calls == [] and again["results"] == report["results"]
         with pytest.raises(XtalforgeError, match="other settings"):
             evaluate_csp(PerturbMethod(crystals), dataset, ks=(1, 3), out_dir=out, workers=0, progress=False)
+        with pytest.raises(XtalforgeError, match="rows_sha256"):  # another subset of the same file
+            evaluate_csp(PerturbMethod(crystals), dataset.subset([1, 0, 2]), ks=(1, 2), out_dir=out, workers=0,
+                         progress=False)
     finally:
         PerturbMethod.max_atoms = 6
 

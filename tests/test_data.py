@@ -31,6 +31,9 @@ def test_load_csv_skips_bad_rows_and_caches(csv_file, tmp_path, monkeypatch, nac
     assert list((tmp_path / "cache").iterdir())
     again = load_csv(csv_file)
     np.testing.assert_array_equal(again.frac_coords, data.frac_coords)
+    # a subset keeps the file's sha256; rows_sha256 tells subsets apart
+    assert again.rows_sha256() == data.rows_sha256() and data.subset([1, 0]).sha256 == data.sha256
+    assert len({data.rows_sha256(), data.subset([1, 0]).rows_sha256(), data.subset([0]).rows_sha256()}) == 3
 
 
 def test_missing_cif_column(tmp_path):

@@ -28,7 +28,6 @@ match, no_match, composition (reduced composition differs: skipped), timeout (co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -440,8 +439,8 @@ def evaluate_csp(
         "timeout_s_per_pair": timeout,
         "candidates_relaxed": bool(method.settings().get("relaxed", False)),
         "data_sha256": test.sha256,
-        # a subset keeps its file's sha256: the rows' ids tell two subsets of one file apart (indices would clash)
-        "rows_sha256": hashlib.sha256("\n".join(test.ids).encode()).hexdigest(),
+        # results are resumed by row index, so the rows themselves must be the same, not only the file
+        "rows_sha256": test.rows_sha256(),
     }
     _check_settings(out_dir / "settings.json", settings)
     gen = generate_candidates(method, test, max(ks), out_dir / "candidates.jsonl", seed, chunk, limit, progress)

@@ -45,6 +45,7 @@ from xtalforge.data.protocol import BENCHMARKS, load_split, training_set
 from xtalforge.evaluation.csp import evaluate_csp, read_jsonl, template_free_mask
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.methods import CSPMethod, get_method
+from xtalforge.pipeline import in_turn
 from xtalforge.templates.library import TemplateLibrary, anonymous_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "redecorate.json"
@@ -101,7 +102,7 @@ def interleaved(runs: dict[str, Path], first: str, second: str, ks: list[int]) -
     for index in common:
         a, b = (per[name][index]["rms"] for name in (first, second))
         a, b = a[: max(k_max - k_max // 2, k_max - len(b))], b[: max(k_max // 2, k_max - len(a))]
-        merged = [x for i in range(max(len(a), len(b))) for x in (a[i:i + 1] + b[i:i + 1])]
+        merged = in_turn(a, b)
         for k in ks:
             hits[k] += any(x is not None for x in merged[:k])
     return {"entries": len(common), **{str(k): 100.0 * hits[k] / max(1, len(common)) for k in ks}}

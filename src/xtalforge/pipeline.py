@@ -19,6 +19,11 @@ from xtalforge.methods import CSPMethod, get_method, register
 GENERATED_SCORE_OFFSET = -1e3
 
 
+def in_turn(*sources: Sequence) -> list:
+    """The sources' items taken in turn (first of each, then second of each, ...); a short source is skipped."""
+    return [s[i] for i in range(max(map(len, sources), default=0)) for s in sources if i < len(s)]
+
+
 class BySize(CSPMethod):
     """Several models of one method, each cell sent to the one with the smallest atom limit that holds it.
 
@@ -152,9 +157,6 @@ class TemplatesThenGenerator(CSPMethod):
             c.properties["method"] = self.redecorator.name
         for c in generated:
             c.properties["method"] = self.generator_name
-
-        def in_turn(*sources: list[Crystal]) -> list[Crystal]:
-            return [s[i] for i in range(max(map(len, sources), default=0)) for s in sources if i < len(s)]
 
         merged = in_turn(redecorated, templates, generated) if free else templates + in_turn(redecorated, generated)
         if merged and merged[0].properties["method"] != self.templates.name:

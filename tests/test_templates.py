@@ -251,3 +251,24 @@ def test_ranker_ensemble_averages_its_members(tmp_path) -> None:
     shifted = TemplateRanker(a.mean + 1.0, a.std, a.w1, a.b1, a.w2)
     with pytest.raises(XtalforgeError, match="standardisation"):
         TemplateRanker.ensemble([a, shifted])
+
+
+def test_template_candidates_do_not_depend_on_batching_or_caches() -> None:
+    """A target's candidates are the same whether it is generated alone or in a batch, first or after other
+    targets have filled the per-template caches, and by a fresh instance (evaluate_csp generates in chunks and
+    resumes runs, so a run's candidates must not depend on either)."""
+    from xtalforge.methods import get_method
+
+    cells = [c for f in ("Li2MnO3", "GaTe", "CsV3Sb5", "Ba2Mn3Sb2O2") for c in Target.parse(f).cells(20)]
+
+    def fingerprint(cands: list[Crystal]) -> list[tuple]:
+        return [(c.properties["template_id"], round(c.properties["score"], 9), tuple(c.numbers),
+                 np.round(c.lattice, 9).tobytes()) for c in cands]
+
+    warm = get_method("template")
+    batch = [fingerprint(c) for c in warm.generate(cells, n=20)]
+    fresh = get_method("template")
+    one_by_one = [fingerprint(fresh.generate([cell], n=20)[0]) for cell in reversed(cells)][::-1]
+    again = [fingerprint(c) for c in warm.generate(cells[::-1], n=20)][::-1]
+    assert sum(map(len, batch)) > 20
+    assert batch == one_by_one == again

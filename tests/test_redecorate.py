@@ -59,6 +59,16 @@ def test_generate_ranks_by_chgnet_energy_and_skips_what_it_cannot_serve(library:
         RedecoratedTemplates(library, max_moves=0)
 
 
+def test_predict_reports_the_static_energy_that_ordered_redecorated_candidates(library: TemplateLibrary) -> None:
+    from xtalforge.prediction import format_table, predict
+
+    cands = predict("K2Na2Cl4", n=3, method="redecorate", library=library, threads=1)
+    static = [c.row()["static_energy_eV_per_atom"] for c in cands]
+    assert all(e is not None for e in static) and static == sorted(static)
+    assert all(c.row()["energy_eV_per_atom"] is None for c in cands), "not relaxed: no relaxed energy"
+    assert str(static[0]) in format_table(cands)
+
+
 def test_auto_takes_redecorated_template_and_generated_candidates_in_turn_for_template_free_cells() -> None:
     from pymatgen.core import Element
 

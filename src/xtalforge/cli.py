@@ -142,7 +142,7 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from xtalforge.data import BENCHMARKS, load_csv, load_split, training_set
     from xtalforge.evaluation import evaluate_csp, markdown_table
-    from xtalforge.methods import get_method
+    from xtalforge.methods import get_method, method_parameters
 
     ks = tuple(int(k) for k in args.k.split(","))
     if args.data in BENCHMARKS:
@@ -152,14 +152,13 @@ def cmd_evaluate(args) -> int:
     else:
         test = load_csv(args.data)
         library = None
-    kwargs: dict = {}
-    if args.method not in ("template", "redecorate"):  # the neural methods
-        kwargs["device"] = args.device
-        if args.steps is not None:
-            kwargs["steps"] = args.steps
-        if args.guidance:
-            kwargs["guidance"] = args.guidance
-    if library is not None and (args.method in ("auto", "redecorate") or "template" in args.method):
+    params = method_parameters(args.method)
+    kwargs: dict = {"device": args.device} if "device" in params else {}  # the neural methods
+    if args.steps is not None and "steps" in params:
+        kwargs["steps"] = args.steps
+    if args.guidance and "guidance" in params:
+        kwargs["guidance"] = args.guidance
+    if library is not None and "library" in params:
         from xtalforge.templates.library import benchmark_library
 
         # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)

@@ -60,19 +60,28 @@ def available_methods() -> list[str]:
 
 def get_method(name: str, **kwargs) -> CSPMethod:
     """A method by name (``template``, ``dao-g``, ...); keyword arguments go to its factory."""
+    factory = _factory(name)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError:
+        known = ", ".join(method_parameters(name))
+        raise XtalforgeError(f"method '{name}' does not take {', '.join(sorted(kwargs))} (it takes: {known})") from None
+    return factory(**kwargs)
+
+
+def method_parameters(name: str) -> list[str]:
+    """The keyword arguments ``get_method(name, ...)`` takes (e.g. whether a method runs on a ``device``)."""
+    return [p for p in inspect.signature(_factory(name)).parameters if p != "kwargs"]
+
+
+def _factory(name: str) -> Callable[..., CSPMethod]:
     # cheap modules first: the template method must not pay for importing torch (`predict` start-up time)
     _import_builtin_methods(_BUILTIN_MODULES[:2])
     if name not in _REGISTRY:
         _import_builtin_methods(_BUILTIN_MODULES[2:])
     if name not in _REGISTRY:
         raise XtalforgeError(f"unknown method '{name}' (choose from {', '.join(sorted(_REGISTRY))})")
-    factory = _REGISTRY[name]
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError:
-        known = ", ".join(p for p in inspect.signature(factory).parameters if p != "kwargs")
-        raise XtalforgeError(f"method '{name}' does not take {', '.join(sorted(kwargs))} (it takes: {known})") from None
-    return factory(**kwargs)
+    return _REGISTRY[name]
 
 
 #: Modules that register the built-in methods; the first two do not import torch.

@@ -51,6 +51,8 @@ class Candidate:
         crystal: the structure as a :class:`~xtalforge.crystal.Crystal`.
         score: the method's ranking score (higher is better).
         energy_per_atom: CHGNet energy in eV/atom when the candidate was relaxed, else None.
+        static_energy_per_atom: CHGNet energy in eV/atom of the unrelaxed cell when one was computed (re-decorated
+            templates are ordered by it; ``rank_by="chgnet"`` computes it for every candidate), else None.
         info: method-specific provenance (template id, sampler steps, ...).
     """
 
@@ -59,6 +61,14 @@ class Candidate:
     score: float
     energy_per_atom: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def static_energy_per_atom(self) -> float | None:
+        if self.info.get("static_energy_per_atom") is not None:
+            return float(self.info["static_energy_per_atom"])
+        if self.energy_per_atom is None and self.info.get("rank_by") == "chgnet":
+            return self.info.get("rank_value")  # rank_by="chgnet" without relaxation ranks by the static energy
+        return None
 
     @property
     def structure(self):
@@ -88,6 +98,8 @@ class Candidate:
             "spacegroup": self.spacegroup,
             "volume_A3": round(self.crystal.volume, 3),
             "energy_eV_per_atom": None if self.energy_per_atom is None else round(self.energy_per_atom, 4),
+            "static_energy_eV_per_atom": None if self.static_energy_per_atom is None
+            else round(self.static_energy_per_atom, 4),
             "score": round(self.score, 4),
             "method": self.info.get("method", "-"),
             # what ordered the candidates (e.g. chgnet: static CHGNet eV/atom), so a ranking can be checked
@@ -124,7 +136,7 @@ def predict(
             :data:`DEFAULT_RANK_BY` (the method's order).
             The measurement behind this choice is :data:`RANK_NOTE`.
     """
-    from xtalforge.methods import get_method
+    from xtalforge.methods import get_method, method_parameters
 
     if n < 1:
         raise XtalforgeError(f"n must be at least 1, got {n}")
@@ -134,7 +146,7 @@ def predict(
         raise XtalforgeError(f"unknown ranking '{rank_by}' (choose from {', '.join(RANK_BY)})")
     target = Target.parse(formula, z=z)
     kwargs = dict(method_kwargs)
-    if method != "template":
+    if "device" in method_parameters(method):  # template and re-decorated-template methods run on the CPU only
         kwargs.setdefault("device", device)
     # "auto" is xtalforge.pipeline.TemplatesThenGenerator: templates, then DAO-G for the slots they leave empty
     impl = get_method(method, **kwargs)
@@ -164,6 +176,8 @@ def predict(
     out = []
     for rank, (c, e) in enumerate(zip(crystals, energies), start=1):
         info = {k: v for k, v in c.properties.items() if k not in ("score", "energy_per_atom")}
+        if relax == "none" and c.properties.get("energy_per_atom") is not None:  # computed by the method itself
+            info["static_energy_per_atom"] = float(c.properties["energy_per_atom"])
         out.append(Candidate(rank, c, float(c.properties.get("score", 0.0)), e, info))
     return out
 
@@ -192,10 +206,11 @@ def _rank(crystals: list[Crystal], energies: list[float | None], rank_by: str,
 
 
 def format_table(candidates: list[Candidate]) -> str:
-    """A markdown table of the candidates (rank, formula, space group, volume, energy, ranking name and value)."""
+    """A markdown table of the candidates (rank, formula, space group, volume, relaxed and static energies, ranking
+    name and value)."""
     rows = [c.row() for c in candidates]
-    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "score", "method", "rank_by",
-            "rank_value"]
+    head = ["rank", "formula", "natoms", "spacegroup", "volume_A3", "energy_eV_per_atom", "static_energy_eV_per_atom",
+            "score", "method", "rank_by", "rank_value"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join("-" if r[h] is None else str(r[h]) for h in head) + " |")

@@ -20,6 +20,7 @@ from xtalforge.cli import main
         (["predict", "NaCl", "--method", "template", "--guidance", "1"], "does not take guidance"),
         (["predict", "NaCl", "--method", "dao-g", "--guidance", "-1"], "guidance strength"),
         (["predict", "NaCl", "--method", "template", "--no-redecorate"], "applies to --method auto"),
+        (["predict", "NaCl", "--method", "dao-g", "--steps", "1001"], "steps must be an integer from 1 to 1000"),
         (["property", "missing.cif", "--property", "tc"], "neither a structure file nor a composition"),
         (["property", "NaCl", "--property", "colour"], "unknown property"),
     ],
@@ -30,6 +31,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert err.startswith("xtalforge: error:") and message in err and "\n" not in err
     assert not list(tmp_path.iterdir()), "no output may be left behind after an error"
+
+
+@pytest.mark.parametrize("argv", [["predict", "NaCl", "--steps", "0"], ["evaluate", "--data", "perov_5", "--limit",
+                                  "-5"], ["relax", "x.cif", "--steps", "ten"], ["predict", "NaCl", "--threads", "0"]])
+def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "error: argument --" in err and ("at least 1" in err or "whole number" in err)
 
 
 def test_relax_of_malformed_cif(tmp_path, capsys):

@@ -13,9 +13,20 @@ from pathlib import Path
 from xtalforge.errors import XtalforgeError
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (steps, threads, workers, sample sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for neural methods: cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _add_guidance(p: argparse.ArgumentParser) -> None:
@@ -51,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet); auto (default): "
                    "the method's order, or CHGNet energy with --relax chgnet or --method dao-g. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
     _add_guidance(p)
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
     p.add_argument("--seed", type=int, default=0)
@@ -61,15 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="benchmark name (see `xtalforge datasets`) or a CSV with a cif column")
     p.add_argument("--method", default="template")
     p.add_argument("--k", default="1,20", help="comma-separated k values (default 1,20)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate a reproducible random sample of N entries")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="evaluate a reproducible random sample of N entries")
     p.add_argument("--library", default="pooled+aflow", choices=["pooled+aflow", "pooled", "own"],
                    help="template library / training data: pooled val splits and the AFLOW structures (default, "
                         "as the shipped library), pooled val splits only, or the benchmark's own val split")
     p.add_argument("--out", default=None, help="report JSON path (default results/<data>_<method>/report.json)")
-    p.add_argument("--workers", type=int, default=None, help="matching processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="matching processes (default: all cores)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per structure pair before giving up")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps of diffusion methods")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
     _add_guidance(p)
     p.add_argument("--seed", type=int, default=0)
     _add_device(p)
@@ -78,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="CIF, POSCAR or extxyz file")
     p.add_argument("--potential", default="chgnet", choices=["chgnet"])
     p.add_argument("--fmax", type=float, default=0.1, help="force tolerance in eV/A")
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=positive_int, default=500)
     p.add_argument("--out", default=None, help="relaxed structure file (default <file>_relaxed.cif)")
 
     p = sub.add_parser("property", help="predict a property of a structure with shipped weights "

@@ -221,6 +221,9 @@ class DAOGMethod(CSPMethod):
             raise XtalforgeError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if not np.isfinite(guidance) or guidance < 0:
             raise XtalforgeError(f"guidance strength must be a finite number >= 0, got {guidance}")
+        if int(steps) != steps or not 1 <= steps <= model.timesteps:
+            raise XtalforgeError(f"sampler steps must be an integer from 1 to {model.timesteps} (the training "
+                                 f"schedule), got {steps}")
         self.model = model.to(device).eval()
         # energy guidance (reference §2): s * grad E_t of a DAO-P model added to every reverse step; 0 = off
         self.guidance, self.energy_weights = float(guidance), energy_weights

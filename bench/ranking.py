@@ -1,6 +1,7 @@
-"""Ranking without an oracle: rank-1-of-20 match rate under several rankings vs oracle-of-20, MP-20 bi/ternary test.
+"""Ranking without an oracle: rank-1-of-20 match rate under several rankings vs oracle-of-20 on a test split.
 
-For ``--n`` random test entries (``sample_indices(len(test), n, seed)``) and 20 candidates per entry from
+For ``--n`` random test entries of ``--bench`` (default MP-20 bi/ternary; ``sample_indices(len(test), n, seed)``)
+and 20 candidates per entry from
 
 * ``template``: raw template candidates (pooled library, dedupe off), read from the full-test run
   ``runs/template_csp/mp_20_biternary_pooled_none_nodedupe_n6000_s0/candidates.jsonl`` (entries missing there are
@@ -41,7 +42,7 @@ from xtalforge.ranking import chgnet_energy, chgnet_relaxed_energy, dao_p_energy
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "ranking_mp20.json"
-BENCH = "mp_20_biternary"
+DEFAULT_BENCH = "mp_20_biternary"
 SOURCES = {
     "template": ROOT / "runs/template_csp/mp_20_biternary_pooled_none_nodedupe_n6000_s0/candidates.jsonl",
     "dao-g": ROOT / "runs/bench_dao_g/mp_20_biternary_mp20_dao-g_pc50_t100_r20_n100_k20/candidates.jsonl",
@@ -51,7 +52,7 @@ K = 20
 STATIC_RANKINGS = ("score", "dao-p", "dao-p+plausible", "chgnet")
 
 
-def load_candidates(source: str, rows: list[int], test) -> dict[int, list[Crystal]]:
+def load_candidates(source: str, rows: list[int], test, bench: str) -> dict[int, list[Crystal]]:
     """Up to ``K`` candidates per requested test row, in the method's own order."""
     wanted, out = set(rows), {}
     for entry in read_jsonl(SOURCES[source]):
@@ -67,7 +68,7 @@ def load_candidates(source: str, rows: list[int], test) -> dict[int, list[Crysta
         from xtalforge.methods import get_method
         from xtalforge.templates import benchmark_library
 
-        method = get_method("template", library=benchmark_library(BENCH, pooled=True), dedupe=False)
+        method = get_method("template", library=benchmark_library(bench, pooled=True), dedupe=False)
         for r, cands in zip(missing, method.generate([test.atoms_of(r).tolist() for r in missing], K, 0)):
             out[r] = cands
     return out
@@ -178,8 +179,8 @@ def summarize(static: list[dict], relax: list[dict]) -> dict:
 def markdown(results: dict, settings: dict) -> str:
     cols = [("score", "method order"), ("dao-p", "DAO-P"), ("dao-p+plausible", "DAO-P, implausible last"),
             ("chgnet", "CHGNet static")]
-    lines = [f"Rank-1-of-{K} match rate (%), {BENCH} test, random entries seed {settings['seed']}; StructureMatcher "
-             "stol 0.5, angle_tol 10, ltol 0.3; chgnet-relax: relaxed structure matched "
+    lines = [f"Rank-1-of-{K} match rate (%), {settings['bench']} test, random entries seed {settings['seed']}; "
+             "StructureMatcher stol 0.5, angle_tol 10, ltol 0.3; chgnet-relax: relaxed structure matched "
              f"(top {settings['relax_top']} by static CHGNet, {settings['relax_steps']} FIRE steps).", "",
              "| source | entries | random pick | " + " | ".join(c for _, c in cols)
              + " | CHGNet relaxed | oracle-of-20 | s/entry DAO-P | s/entry CHGNet | s/entry relax |",
@@ -203,6 +204,8 @@ def markdown(results: dict, settings: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", default=DEFAULT_BENCH, help="benchmark whose test split is ranked (the template "
+                    "source's stored run is MP-20's; another benchmark needs --sources dao-g --dao-g-candidates)")
     ap.add_argument("--n", type=int, default=100, help="random test entries")
     ap.add_argument("--seed", type=int, default=0, help="seed of the entry sample")
     ap.add_argument("--sources", default="template,dao-g")
@@ -213,17 +216,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summarize", action="store_true", help="only rebuild table + JSON from the per-entry files")
     ap.add_argument("--dao-g-candidates", default=None,
                     help="candidates.jsonl of another DAO-G run (default: SOURCES['dao-g']); its folder names the run")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=None, help=f"results JSON (default {RESULTS.name} for MP-20, "
+                    "ranking_<bench>.json otherwise)")
     args = ap.parse_args(argv)
     if args.dao_g_candidates:
         SOURCES["dao-g"] = Path(args.dao_g_candidates).resolve()
     import torch
 
     torch.set_num_threads(args.threads)
-    test = load_split(BENCH, "test")
+    out = args.out or (RESULTS if args.bench == DEFAULT_BENCH else RESULTS.with_name(f"ranking_{args.bench}.json"))
+    test = load_split(args.bench, "test")
     rows = [int(r) for r in sample_indices(len(test), args.n, args.seed)]
     relax_rows = [rows[int(i)] for i in sample_indices(len(rows), args.relax_n, args.seed)]
-    run = ROOT / "runs" / "ranking" / f"{BENCH}_n{args.n}_s{args.seed}"
+    run = ROOT / "runs" / "ranking" / f"{args.bench}_n{args.n}_s{args.seed}"
     if args.dao_g_candidates:  # another run's samples must not resume into the default run's files
         run = run.with_name(f"{run.name}_{SOURCES['dao-g'].parent.name}")
     sources = args.sources.split(",")
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     files = {s: (run / f"{s}_static.jsonl", run / f"{s}_relax.jsonl") for s in sources}
     wall = time.perf_counter()
     if not args.summarize:
-        cands = {s: load_candidates(s, rows, test) for s in sources}
+        cands = {s: load_candidates(s, rows, test, args.bench) for s in sources}
         for s in sources:  # pass 1: the cheap rankings on every entry
             done = _resume(files[s][0])
             with open(files[s][0], "a") as fh:
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         static = [rec for rec in read_jsonl(files[s][0]) if rec["index"] in set(rows)]
         relax = [rec for rec in read_jsonl(files[s][1]) if rec["index"] in set(relax_rows)]
         results[s] = summarize(static, relax)
-    settings = {"bench": BENCH, "split": "test", "n": args.n, "seed": args.seed, "k": K, "sources":
+    settings = {"bench": args.bench, "split": "test", "n": args.n, "seed": args.seed, "k": K, "sources":
                 {s: str(SOURCES[s].relative_to(ROOT)) for s in sources}, "relax_n": args.relax_n,
                 "relax_top": args.relax_top, "relax_steps": args.relax_steps, "relax_fmax": 0.1,
                 "relax_preselect": "lowest static CHGNet energy", "threads": args.threads,
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"settings": settings, "data": {"test_rows": len(test), "entries_sampled": len(rows),
                                              "relax_entries_sampled": len(relax_rows)},
               "results": results, "wall_s_this_call": time.perf_counter() - wall, "versions": package_versions()}
-    write_json(args.out, report)
+    write_json(out, report)
     print(markdown(results, settings))
 
 

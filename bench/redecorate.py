@@ -77,6 +77,8 @@ def make_method(name: str, library):
         return get_method("template", library=library)
     if name == "redecorate":
         return get_method("redecorate", library=library)
+    if name.startswith("redecorate-"):  # redecorate-N: at most N candidates evaluated by CHGNet (default 1000)
+        return get_method("redecorate", library=library, max_candidates=int(name.split("-")[1]))
     if name == "auto":
         return get_method("auto", library=library)
     if name == "auto-without":

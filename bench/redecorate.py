@@ -5,7 +5,8 @@ absent from the pooled + AFLOW library that ``xtalforge evaluate`` uses for the 
 item is evaluated on them with the evaluation harness (StructureMatcher stol 0.5 / ltol 0.3 / angle 10, raw
 candidates):
 
-* ``redecorate``: :class:`xtalforge.templates.redecorate.RedecoratedTemplates` alone;
+* ``redecorate``: :class:`xtalforge.templates.redecorate.RedecoratedTemplates` alone (``redecorate-N``: with at most
+  N candidates evaluated by CHGNet instead of 1,000);
 * ``auto``: the default pipeline, which for these entries takes template candidates, re-decorated templates and
   DAO-G samples in turn;
 * ``auto-without``: the same pipeline without re-decorated templates (template candidates alternating with DAO-G

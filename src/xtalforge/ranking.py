@@ -70,8 +70,10 @@ def dao_p_energy(crystals: Sequence[Crystal], weights: str = DAO_P_WEIGHTS, thre
         return load_dao_p(weights).predict_energy(list(crystals))
 
 
-def chgnet_energy(crystals: Sequence[Crystal], batch_size: int = 16, threads: int | None = None) -> np.ndarray:
-    """(k,) CHGNet energy in eV/atom of the crystals as given (no relaxation), batched.
+def chgnet_energy(crystals: Sequence[Crystal], batch_size: int = 16, threads: int | None = None,
+                  desc: str | None = None) -> np.ndarray:
+    """(k,) CHGNet energy in eV/atom of the crystals as given (no relaxation), batched; ``desc`` labels a progress
+    bar (terminal only).
 
     NaN where CHGNet fails or the crystal is not :func:`plausible` (not evaluated, see :data:`MIN_VOLUME_PER_ATOM`).
     """
@@ -80,7 +82,7 @@ def chgnet_energy(crystals: Sequence[Crystal], batch_size: int = 16, threads: in
     out = np.full(len(crystals), np.nan)
     ok = [i for i, c in enumerate(crystals) if plausible(c)]
     if ok:
-        out[ok] = chgnet_energies([crystals[i] for i in ok], batch_size=batch_size, threads=threads)
+        out[ok] = chgnet_energies([crystals[i] for i in ok], batch_size=batch_size, threads=threads, desc=desc)
     return out
 
 

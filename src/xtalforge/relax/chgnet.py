@@ -158,20 +158,23 @@ def relax(
 
 
 def chgnet_energies(
-    crystals: Sequence[Crystal | Any], batch_size: int = 16, threads: int | None = None
+    crystals: Sequence[Crystal | Any], batch_size: int = 16, threads: int | None = None, desc: str | None = None
 ) -> np.ndarray:
     """(len(crystals),) CHGNet energies in eV/atom of unrelaxed crystals, evaluated in batches.
 
     A crystal CHGNet cannot evaluate (e.g. an atom with no neighbour within its 5 Angstrom cutoff) gets NaN.
+    ``desc``: show a progress bar with this label (on a terminal only).
     """
     import torch
+    from tqdm.auto import tqdm
 
     model = load_chgnet()
     structures = [_as_crystal(c).to_structure() for c in crystals]
     out = np.full(len(structures), np.nan)
     # energies need no autograd graph: ~20% less CPU per structure, the same energies (re-decorated templates spend
     # most of their time here)
-    with torch_threads(threads), warnings.catch_warnings(), torch.inference_mode():
+    bar = tqdm(total=len(structures), desc=desc, unit="structure", leave=False, disable=None if desc else True)
+    with torch_threads(threads), warnings.catch_warnings(), torch.inference_mode(), bar:
         warnings.simplefilter("ignore")
         for start in range(0, len(structures), batch_size):
             chunk = structures[start : start + batch_size]
@@ -186,4 +189,5 @@ def chgnet_energies(
                         out[start + k] = float(model.predict_structure(s, task="e")["e"])
                     except (ValueError, RuntimeError):
                         log.warning("CHGNet could not evaluate %s", s.composition.reduced_formula)
+            bar.update(len(chunk))
     return out

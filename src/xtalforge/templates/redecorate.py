@@ -151,7 +151,8 @@ class RedecoratedTemplates(CSPMethod):
         out = []
         for numbers in targets:
             cands = self.candidates(numbers)
-            energy = chgnet_energy(cands, threads=self.threads) if cands else np.zeros(0)
+            energy = (chgnet_energy(cands, threads=self.threads, desc=f"re-decorated {cands[0].formula} (CHGNet)")
+                      if cands else np.zeros(0))
             ranked = []
             for j in order_of(energy):
                 if not np.isfinite(energy[j]):

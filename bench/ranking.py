@@ -70,7 +70,8 @@ def load_candidates(source: str, rows: list[int], test, bench: str) -> dict[int,
 
         method = get_method("template", library=benchmark_library(bench, pooled=True), dedupe=False)
         for r, cands in zip(missing, method.generate([test.atoms_of(r).tolist() for r in missing], K, 0)):
-            out[r] = cands
+            if cands:  # a template-free entry has none
+                out[r] = cands
     return out
 
 
@@ -140,11 +141,13 @@ def values_of(rec: dict, ranking: str) -> np.ndarray:
 
 
 def complement(template: list[dict], generated: list[dict]) -> dict:
-    """What DAO-G samples could add at k=1 to the template list, on the entries both sources have: the template's
-    own rank-1, DAO-G's CHGNet rank-1, the entries only the latter gets right (the most any rule choosing between
-    the two rank-1 candidates could add), and one rule with nothing to tune: the lower static CHGNet energy wins."""
-    gen = {r["index"]: r for r in generated}
-    both = [(t, gen[t["index"]]) for t in template if t["index"] in gen]
+    """What DAO-G samples could add at k=1 to the template list, on the entries DAO-G sampled (an entry without
+    template candidates counts as a template miss): the template's own rank-1, DAO-G's CHGNet rank-1, the entries
+    only the latter gets right (the most any rule choosing between the two rank-1 candidates could add), and one
+    rule with nothing to tune: the lower static CHGNet energy wins."""
+    tmpl = {r["index"]: r for r in template}
+    empty = {"rms": [None], "chgnet": [None], "score": [0.0]}  # no template candidate: a miss at infinite energy
+    both = [(tmpl.get(g["index"], empty), g) for g in generated]
     if not both:
         return {"entries": 0}
 
@@ -162,7 +165,8 @@ def complement(template: list[dict], generated: list[dict]) -> dict:
         rule_hit.append(g_hit[-1] if energy(g, jg) < energy(t, jt) else t_hit[-1])
     t_hit, g_hit, rule_hit = map(np.array, (t_hit, g_hit, rule_hit))
     pct = lambda x: 100.0 * float(np.mean(x))  # noqa: E731
-    return {"entries": len(both), "template_rank1": pct(t_hit), "dao-g_chgnet_rank1": pct(g_hit),
+    return {"entries": len(both), "with_template_candidates": sum(g["index"] in tmpl for g in generated),
+            "template_rank1": pct(t_hit), "dao-g_chgnet_rank1": pct(g_hit),
             "dao-g_only": pct(g_hit & ~t_hit), "template_only": pct(t_hit & ~g_hit),
             "lower_chgnet_energy_rank1": pct(rule_hit)}
 
@@ -303,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json(out, report)
     print(markdown(results, settings))
     if both:
-        print("\nk=1, template rank-1 vs DAO-G CHGNet rank-1 (%):", ", ".join(f"{k} {v:.1f}" if k != "entries" else
-                                                                         f"{k} {v}" for k, v in both.items()))
+        print("\nk=1, template rank-1 vs DAO-G CHGNet rank-1 (%):",
+              ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in both.items()))
 
 
 if __name__ == "__main__":

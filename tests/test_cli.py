@@ -21,6 +21,7 @@ from xtalforge.cli import main
         (["predict", "NaCl", "--method", "dao-g", "--guidance", "-1"], "guidance strength"),
         (["predict", "NaCl", "--method", "template", "--no-redecorate"], "applies to --method auto"),
         (["predict", "NaCl", "--method", "dao-g", "--steps", "1001"], "steps must be an integer from 1 to 1000"),
+        (["predict", "NaCl", "--method", "dao-g", "--device", "cuda:7"], "not available on this machine"),
         (["property", "missing.cif", "--property", "tc"], "neither a structure file nor a composition"),
         (["property", "NaCl", "--property", "colour"], "unknown property"),
     ],
@@ -34,12 +35,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
 
 
 @pytest.mark.parametrize("argv", [["predict", "NaCl", "--steps", "0"], ["evaluate", "--data", "perov_5", "--limit",
-                                  "-5"], ["relax", "x.cif", "--steps", "ten"], ["predict", "NaCl", "--threads", "0"]])
-def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
+                                  "-5"], ["relax", "x.cif", "--steps", "ten"], ["predict", "NaCl", "--threads", "0"],
+                                  ["predict", "NaCl", "--device", "gpu"]])
+def test_bad_counts_and_devices_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exc.value.code == 2 and "error: argument --" in err and ("at least 1" in err or "whole number" in err)
+    assert exc.value.code == 2 and "error: argument --" in err
+    assert any(m in err for m in ("at least 1", "whole number", "unknown device 'gpu'"))
 
 
 def test_relax_of_malformed_cif(tmp_path, capsys):

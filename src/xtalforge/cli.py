@@ -24,8 +24,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a torch device name (checked for availability when a model loads)."""
+    from xtalforge.device import check_device_name
+
+    try:
+        return check_device_name(text)
+    except XtalforgeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device for neural methods: cpu or cuda (default cpu)")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="torch device for neural methods: cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 

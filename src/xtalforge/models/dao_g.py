@@ -23,6 +23,7 @@ from torch import nn
 from xtalforge.backbone.crysformer import Crysformer, CrysformerConfig
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import CrystalBatch, collate_numbers
+from xtalforge.device import torch_device
 from xtalforge.diffusion.schedules import DiffusionSchedule
 from xtalforge.diffusion.wrapped_normal import sample_wrapped_normal, wrapped_normal_score
 from xtalforge.errors import AtomLimitError, StructureError, XtalforgeError
@@ -149,6 +150,7 @@ class DAOG(nn.Module):
     def load(cls, path_or_name: str | os.PathLike = DEFAULT_WEIGHTS, device: str | torch.device = "cpu") -> DAOG:
         """Load a saved model: a file path, or the name of shipped weights (``weights/dao_g_<name>.pt``)."""
         path = resolve_weights(path_or_name)
+        device = torch_device(device)
         ckpt = torch.load(path, map_location=device, weights_only=False)
         if "state_dict" not in ckpt:
             raise XtalforgeError(f"{path} is not a DAO-G checkpoint")

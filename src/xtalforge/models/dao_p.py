@@ -25,6 +25,7 @@ from xtalforge.backbone.crysformer import CrysformerConfig
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import CrystalBatch, collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset
+from xtalforge.device import torch_device
 from xtalforge.errors import XtalforgeError
 from xtalforge.models.dao_g import DAOG, WEIGHTS_DIR, save_atomic
 
@@ -156,6 +157,7 @@ class DAOP(DAOG):
         if not path.is_file():
             names = sorted(p.stem.removeprefix("dao_p_") for p in WEIGHTS_DIR.glob("dao_p_*.pt"))
             raise XtalforgeError(f"no DAO-P weights '{path_or_name}' (shipped: {', '.join(names) or 'none'})")
+        device = torch_device(device)
         ckpt = torch.load(path, map_location=device, weights_only=False)
         if ckpt.get("format") != "xtalforge-dao-p-1":
             raise XtalforgeError(f"{path} is not a DAO-P checkpoint (format {ckpt.get('format')!r})")

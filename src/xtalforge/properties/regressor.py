@@ -23,6 +23,7 @@ from xtalforge.backbone.crysformer import Crysformer, CrysformerConfig
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset
+from xtalforge.device import torch_device
 from xtalforge.errors import XtalforgeError
 from xtalforge.models.dao_g import save_atomic
 from xtalforge.models.dao_p import CLEAN_T, DAOP
@@ -103,6 +104,7 @@ class PropertyRegressor(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> PropertyRegressor:
+        device = torch_device(device)
         ckpt = torch.load(path, map_location=device, weights_only=False)
         if ckpt.get("format") != FORMAT:
             raise XtalforgeError(f"{path} is not a property checkpoint (format {ckpt.get('format')!r})")

@@ -29,6 +29,7 @@ from xtalforge.crystal import atomic_write_text
 from xtalforge.data.batch import collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset, load_csv
 from xtalforge.data.protocol import BENCHMARKS, aflow_structures, check_no_leak, load_split, training_set
+from xtalforge.device import torch_device
 from xtalforge.errors import XtalforgeError
 from xtalforge.models.dao_g import DAOG, save_atomic, z_prior
 
@@ -163,6 +164,7 @@ def epoch_batches(num_atoms: np.ndarray, cfg: TrainConfig, epoch: int, rank: int
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) training; returns the path of the EMA weights."""
+    torch_device(cfg.device)  # a missing GPU is one clear error, before any data is read
     ddp = int(os.environ.get("RANK", -1)) != -1
     if ddp:
         import torch.distributed as dist

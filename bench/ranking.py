@@ -164,7 +164,10 @@ def complement(template: list[dict], generated: list[dict]) -> dict:
         g_hit.append(g["rms"][jg] is not None)
         rule_hit.append(g_hit[-1] if energy(g, jg) < energy(t, jt) else t_hit[-1])
     t_hit, g_hit, rule_hit = map(np.array, (t_hit, g_hit, rule_hit))
-    pct = lambda x: 100.0 * float(np.mean(x))  # noqa: E731
+
+    def pct(hits: np.ndarray) -> float:
+        return 100.0 * float(np.mean(hits))
+
     return {"entries": len(both), "with_template_candidates": sum(g["index"] in tmpl for g in generated),
             "template_rank1": pct(t_hit), "dao-g_chgnet_rank1": pct(g_hit),
             "dao-g_only": pct(g_hit & ~t_hit), "template_only": pct(t_hit & ~g_hit),
@@ -284,15 +287,13 @@ def main(argv: list[str] | None = None) -> None:
                                        args.threads)
                     with open(files[s][1], "a") as fh:
                         append_jsonl(fh, [rec])
+    wanted, wanted_relax = set(rows), set(relax_rows)
+    static = {s: [rec for rec in read_jsonl(files[s][0]) if rec["index"] in wanted] for s in sources}
     results = {}
     for s in sources:
-        static = [rec for rec in read_jsonl(files[s][0]) if rec["index"] in set(rows)]
-        relax = [rec for rec in read_jsonl(files[s][1]) if rec["index"] in set(relax_rows)]
-        results[s] = summarize(static, relax)
-    both = None
-    if {"template", "dao-g"} <= set(sources):
-        both = complement(*[[rec for rec in read_jsonl(files[s][0]) if rec["index"] in set(rows)]
-                            for s in ("template", "dao-g")])
+        relax = [rec for rec in read_jsonl(files[s][1]) if rec["index"] in wanted_relax]
+        results[s] = summarize(static[s], relax)
+    both = complement(static["template"], static["dao-g"]) if {"template", "dao-g"} <= set(sources) else None
     settings = {"bench": args.bench, "split": "test", "n": args.n, "seed": args.seed, "k": K, "sources":
                 {s: str(SOURCES[s].relative_to(ROOT)) for s in sources}, "relax_n": args.relax_n,
                 "relax_top": args.relax_top, "relax_steps": args.relax_steps, "relax_fmax": 0.1,

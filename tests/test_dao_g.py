@@ -124,3 +124,32 @@ def test_by_size_routes_each_cell_to_the_smallest_model_that_holds_it(tmp_path):
         routed.sample_cells([[6] * 13])
     with pytest.raises(AtomLimitError, match="largest"):
         routed.predict_target(Target.parse("Ti5O9"), n=1)
+
+
+def test_flow_weights_load_as_flow_and_refuse_diffusion_samplers(tmp_path):
+    from xtalforge.models.dao_g_flow import DAOGFlow
+
+    torch.manual_seed(0)
+    path = tmp_path / "flow.pt"
+    DAOGFlow(TINY, meta={"max_atoms": 12}).save(path)
+    model = DAOG.load(path)
+    assert isinstance(model, DAOGFlow)
+    method = DAOGMethod(model, steps=3)
+    assert method.settings()["sampler"] == "flow"
+    assert [c.num_atoms for c in method.generate([[8, 8, 22]], 2)[0]] == [3, 3]
+    with pytest.raises(XtalforgeError, match="does not fit"):
+        DAOGMethod(model, sampler="pc")
+    with pytest.raises(XtalforgeError, match="does not fit"):
+        DAOGMethod(DAOG(TINY), sampler="flow")
+    with pytest.raises(XtalforgeError, match="guidance"):
+        DAOGMethod(model, guidance=1.0)
+
+
+def test_sampler_options_are_checked_and_recorded(weights):
+    model = DAOG.load(weights)
+    assert "coord_scale" not in DAOGMethod(model).settings()  # defaults leave older run folders' settings alone
+    assert DAOGMethod(model, coord_scale=1.5, eta=0.0).settings()["coord_scale"] == 1.5
+    for bad in ({"coord_scale": 0.0}, {"eta": 2.0}, {"coord_scale": float("nan")}, {"anti_anneal": 1.0},
+                {"sampler": "ode", "eta": 0.5}):
+        with pytest.raises(XtalforgeError):
+            DAOGMethod(model, **bad)

@@ -52,7 +52,7 @@ def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 def sample_pc(model, batch: CrystalBatch, steps: int = 1000, step_lr: float = 1e-5,
               generator: torch.Generator | None = None, guidance: Guidance | None = None,
               callback: Callable[[dict], None] | None = None, start_t: int | None = None,
-              eta: float = 1.0, lattice_clip: float | None = 3.0) -> CrystalBatch:
+              eta: float = 1.0, lattice_clip: float | None = 3.0, coord_scale: float = 1.0) -> CrystalBatch:
     """Predictor-corrector sampling (DiffCSP / DAO-G, reference §2): 2 network calls per step.
 
     With ``steps`` = T this is the faithful sampler: a Langevin corrector on F with step size
@@ -67,24 +67,30 @@ def sample_pc(model, batch: CrystalBatch, steps: int = 1000, step_lr: float = 1e
         lattice_clip: clip the predicted clean lattice entries to +- lattice_clip * (v N)^(1/3) Angstrom (v = the
             backbone's ``volume_per_atom``; None disables). Without it the first steps from t = T, where
             1 / sqrt(abar_T) ~ 2e4 amplifies any error of eps_L, can blow the lattice up.
+        coord_scale: factor on the coordinate score in predictor and corrector (> 1 samples a sharper,
+            lower-temperature density, approximately p^coord_scale; 1 = the model's own).
     """
-    return _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t, eta, False, lattice_clip)
+    return _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t, eta, False, lattice_clip,
+                   coord_scale)
 
 
 @torch.no_grad()
 def sample_ode(model, batch: CrystalBatch, steps: int = 50, step_lr: float = 0.0,
                generator: torch.Generator | None = None, guidance: Guidance | None = None,
                callback: Callable[[dict], None] | None = None, start_t: int | None = None,
-               lattice_clip: float | None = 3.0) -> CrystalBatch:
+               lattice_clip: float | None = 3.0, coord_scale: float = 1.0) -> CrystalBatch:
     """Deterministic few-step sampler: 1 network call per step.
 
     DDIM (eta = 0) on the lattice and the probability-flow ODE ``dF = -1/2 d(sigma^2) score`` on the coordinates
-    (Euler steps on the torus). Randomness comes only from the starting noise. ``step_lr`` is ignored.
+    (Euler steps on the torus). Randomness comes only from the starting noise. ``step_lr`` is ignored;
+    ``coord_scale`` as in :func:`sample_pc`.
     """
-    return _sample(model, batch, steps, 0.0, generator, guidance, callback, start_t, 0.0, True, lattice_clip)
+    return _sample(model, batch, steps, 0.0, generator, guidance, callback, start_t, 0.0, True, lattice_clip,
+                   coord_scale)
 
 
-def _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t, eta, predictor_only, lattice_clip):
+def _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t, eta, predictor_only, lattice_clip,
+            coord_scale=1.0):
     sched = model.schedule
     dtype, dev = batch.lattice.dtype, batch.lattice.device
     types, mask = batch.types, batch.mask
@@ -103,9 +109,11 @@ def _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t
         tt = torch.full((b,), t, dtype=torch.long, device=dev)
         if step_lr > 0 and not predictor_only:  # Langevin corrector on F at level t
             _, score = model.score(lattice, frac, types, mask, tt)
+            score = coord_scale * score
             step = step_lr * (sig[t] / sig[1]) ** 2
             frac = torch.remainder(frac + step * score + (2 * step) ** 0.5 * _randn(frac, generator), 1.0) * mask_f
         eps, score = model.score(lattice, frac, types, mask, tt)
+        score = coord_scale * score
         # lattice: DDIM update t -> s through the predicted clean lattice (for eta = 1 and s = t - 1 this is the
         # DDPM posterior step); near t = T, abar_t ~ 1e-9 makes that prediction ill-conditioned, so it is clipped
         l0 = (lattice - (1 - abar[t]) ** 0.5 * eps) / abar[t] ** 0.5
@@ -137,4 +145,49 @@ def _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t
     return batch.replace(lattice=lattice, frac=frac)
 
 
-SAMPLERS: dict[str, Callable[..., CrystalBatch]] = {"pc": sample_pc, "ode": sample_ode}
+@torch.no_grad()
+def sample_flow(model, batch: CrystalBatch, steps: int = 50, step_lr: float = 0.0,
+                generator: torch.Generator | None = None, guidance: Guidance | None = None,
+                callback: Callable[[dict], None] | None = None, start_t: int | None = None,
+                lattice_clip: float | None = 3.0, coord_scale: float = 1.0, anti_anneal: float = 0.0) -> CrystalBatch:
+    """Euler integration of a flow-matching DAO-G (:class:`~xtalforge.models.dao_g_flow.DAOGFlow`) from s = 0 (or
+    from the batch's structure on its path at ``s = 1 - start_t / T``) to s = 1: 1 network call per step.
+
+    ``coord_scale`` multiplies the coordinate velocity, ``anti_anneal`` a further ``1 + anti_anneal * s`` (FlowMM's
+    inference anti-annealing: late steps move the atoms harder). ``lattice_clip`` bounds the predicted final lattice
+    as in :func:`sample_pc`. ``step_lr`` is ignored; guidance is not implemented for flows.
+    """
+    if guidance is not None:
+        raise ValueError("energy guidance is implemented for the diffusion samplers only")
+    dtype, dev = batch.lattice.dtype, batch.lattice.device
+    types, mask = batch.types, batch.mask
+    mask_f = mask.to(dtype)[..., None]
+    b = batch.lattice.shape[0]
+    lattice = _randn(batch.lattice, generator)
+    frac = torch.rand(batch.frac.shape, generator=generator, dtype=dtype).to(dev)
+    s0 = 0.0
+    if start_t is not None and start_t < model.timesteps:
+        from xtalforge.models.dao_g_flow import wrap
+
+        s0 = 1.0 - start_t / model.timesteps
+        lattice = (1 - s0) * lattice + s0 * batch.lattice
+        frac = torch.remainder(frac + s0 * wrap(batch.frac - frac), 1.0)
+    frac = frac * mask_f
+    grid = np.linspace(s0, 1.0, steps + 1)
+    bound = None
+    if lattice_clip:
+        bound = lattice_clip * model.lattice_unit(mask, dtype)
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        v_l, v_f = model.velocity(lattice, frac, types, mask, torch.full((b,), float(s), dtype=dtype, device=dev))
+        if bound is not None:  # clip the lattice this velocity would end at, as sample_pc clips its l0
+            end = torch.maximum(torch.minimum(lattice + (1 - s) * v_l, bound), -bound)
+            v_l = (end - lattice) / (1 - s)
+        ds = s_next - s
+        lattice = lattice + ds * v_l
+        frac = torch.remainder(frac + ds * coord_scale * (1 + anti_anneal * s) * v_f, 1.0) * mask_f
+        if callback is not None:
+            callback({"i": i, "t": int(round((1 - s_next) * model.timesteps)), "lattice": lattice, "frac": frac})
+    return batch.replace(lattice=lattice, frac=frac)
+
+
+SAMPLERS: dict[str, Callable[..., CrystalBatch]] = {"pc": sample_pc, "ode": sample_ode, "flow": sample_flow}

@@ -51,6 +51,9 @@ class DAOG(nn.Module):
         meta: free-form facts saved with the weights (training data, Z prior, max atoms, ...).
     """
 
+    objective = "diffusion"  # DAOGFlow (models/dao_g_flow.py): "flow"
+    default_sampler = "pc"
+
     def __init__(self, cfg: CrysformerConfig | None = None, timesteps: int = 1000, sigma_begin: float = 0.005,
                  sigma_end: float = 0.5, meta: dict | None = None) -> None:
         super().__init__()
@@ -142,6 +145,10 @@ class DAOG(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> DAOG:
+        if ckpt.get("objective", "diffusion") == "flow" and cls is DAOG:
+            from xtalforge.models.dao_g_flow import DAOGFlow
+
+            cls = DAOGFlow
         model = cls(CrysformerConfig(**ckpt["config"]), meta=ckpt.get("meta"), **ckpt["diffusion"])
         model.load_state_dict(ckpt["state_dict"])
         return model
@@ -209,18 +216,26 @@ class DAOGMethod(CSPMethod):
 
     Default sampler: strided predictor-corrector with 50 steps (100 network calls, 20x fewer than the faithful
     1000-step sampler). Measured on Perov-5 (100 test entries, k = 1): 50% match at 0.14 s/entry against 46% at
-    3.2 s/entry for 1000 steps (bench/dao_g.py).
+    3.2 s/entry for 1000 steps (bench/dao_g.py). Weights trained by flow matching
+    (:class:`~xtalforge.models.dao_g_flow.DAOGFlow`) take the ``flow`` sampler (Euler, 1 call per step) instead.
+    ``coord_scale`` multiplies the coordinate score / velocity (> 1: lower-temperature sampling); ``eta`` is the
+    lattice noise of ``pc``; ``anti_anneal`` the late-step speed-up of ``flow`` (see the samplers).
     """
 
     name = "dao-g"
 
-    def __init__(self, model: DAOG, steps: int = 50, sampler: str = "pc", step_lr: float | None = None,
+    def __init__(self, model: DAOG, steps: int = 50, sampler: str | None = None, step_lr: float | None = None,
                  batch_size: int = 256, device: str = "cpu", score_t: int = 5, min_atoms: int = 4,
-                 guidance: float = 0.0, energy_weights: str = "energy_mp20") -> None:
+                 guidance: float = 0.0, energy_weights: str = "energy_mp20", coord_scale: float = 1.0,
+                 eta: float = 1.0, anti_anneal: float = 0.0) -> None:
         from xtalforge.diffusion.samplers import SAMPLERS
 
+        sampler = sampler or model.default_sampler
         if sampler not in SAMPLERS:
             raise XtalforgeError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+        if (sampler == "flow") != (model.objective == "flow"):
+            raise XtalforgeError(f"sampler '{sampler}' does not fit DAO-G weights trained with the {model.objective} "
+                                 f"objective (use '{model.default_sampler}')")
         if not np.isfinite(guidance) or guidance < 0:
             raise XtalforgeError(f"guidance strength must be a finite number >= 0, got {guidance}")
         if int(steps) != steps or not 1 <= steps <= model.timesteps:
@@ -238,11 +253,24 @@ class DAOGMethod(CSPMethod):
         self.sample_fn = SAMPLERS[sampler]
         self.sampler, self.steps, self.batch_size, self.device = sampler, int(steps), int(batch_size), device
         self.step_lr = float(step_lr if step_lr is not None else model.meta.get("step_lr", 1e-5))
+        if not (np.isfinite(coord_scale) and coord_scale > 0) or not (np.isfinite(eta) and 0 <= eta <= 1):
+            raise XtalforgeError(f"coord_scale must be > 0 and eta in [0, 1], got {coord_scale} and {eta}")
+        if sampler != "pc" and eta != 1.0:
+            raise XtalforgeError("eta (lattice noise) applies to the 'pc' sampler only")
+        if sampler == "flow" and guidance > 0:
+            raise XtalforgeError("energy guidance works with the diffusion samplers only, not 'flow'")
+        if sampler != "flow" and anti_anneal != 0.0:
+            raise XtalforgeError("anti_anneal applies to the 'flow' sampler only")
+        self.coord_scale, self.eta, self.anti_anneal = float(coord_scale), float(eta), float(anti_anneal)
         self.score_t, self.min_atoms = score_t, min_atoms
         self.max_atoms = int(model.meta.get("max_atoms", 52))
 
     def settings(self) -> dict:
+        options = {"coord_scale": (self.coord_scale, 1.0), "eta": (self.eta, 1.0),
+                   "anti_anneal": (self.anti_anneal, 0.0)}
         return {"method": self.name, "sampler": self.sampler, "steps": self.steps, "step_lr": self.step_lr,
+                # only non-default sampler options, so older run folders keep their settings
+                **{k: v for k, (v, default) in options.items() if v != default},
                 "weights": self.model.meta.get("name", ""), "train_data": self.model.meta.get("data", ""),
                 "train_steps": self.model.meta.get("train_steps"),  # tells apart versions of the same weights name
                 "guidance": self.guidance, "energy_weights": self.energy_weights if self.guidance else None}
@@ -279,8 +307,10 @@ class DAOGMethod(CSPMethod):
                     frac[row, : init[i].num_atoms] = init[i].frac_coords
                 batch.frac = torch.as_tensor(frac, dtype=torch.float32)
             batch = batch.to(self.device)
+            extra = {"pc": {"eta": self.eta}, "flow": {"anti_anneal": self.anti_anneal}}.get(self.sampler, {})
             result = self.sample_fn(self.model, batch, self.steps, step_lr=self.step_lr, generator=gen,
-                                    start_t=start_t, guidance=self._guidance_hook)
+                                    start_t=start_t, guidance=self._guidance_hook, coord_scale=self.coord_scale,
+                                    **extra)
             scores = self._scores(result)
             lattices = result.lattice.double().cpu().numpy()
             fracs = result.frac.double().cpu().numpy()
@@ -335,10 +365,10 @@ class DAOGMethod(CSPMethod):
 
 
 @register("dao-g")
-def _make_dao_g(weights: str | None = None, steps: int = 50, device: str = "cpu", sampler: str = "pc",
+def _make_dao_g(weights: str | None = None, steps: int = 50, device: str = "cpu", sampler: str | None = None,
                 batch_size: int = 256, step_lr: float | None = None, guidance: float = 0.0,
                 energy_weights: str = "energy_mp20") -> CSPMethod:
-    """``get_method("dao-g", weights=None | name | path, steps=50, sampler="pc"|"ode", device="cpu",
+    """``get_method("dao-g", weights=None | name | path, steps=50, sampler=None | "pc" | "ode" | "flow", device="cpu",
     guidance=0.0, energy_weights="energy_mp20", ...)``.
 
     Without ``weights``: the shipped MP-20 weights for cells of <= 20 atoms and the MPTS-52 weights for larger cells
@@ -402,7 +432,8 @@ class TemplateRefine(CSPMethod):
 
 @register("template+dao-g")
 def _make_template_refine(weights: str | None = None, start_t: int = 100, steps: int = 20, mode: str = "refined",
-                          library=None, device: str = "cpu", sampler: str = "pc", step_lr: float | None = None,
+                          library=None, device: str = "cpu", sampler: str | None = None,
+                          step_lr: float | None = None,
                           batch_size: int = 256) -> TemplateRefine:
     """``get_method("template+dao-g", weights=..., start_t=100, steps=20, mode="refined"|"both", library=...)``."""
     from xtalforge.methods import get_method

@@ -53,7 +53,8 @@ class TrainConfig:
         batch_atoms, max_crystals: a batch holds at most this many padded atoms / crystals.
         ema_decay, grad_clip, seed, ckpt_minutes, log_every: as named.
         threads: torch CPU threads per process; device: ``cpu`` or ``cuda``.
-        model: ``dao-g`` (diffusion only) or ``dao-p`` (diffusion + exponential energy loss, see ``models/dao_p.py``).
+        model: ``dao-g`` (diffusion only), ``dao-g-flow`` (the same backbone trained by flow matching,
+            ``models/dao_g_flow.py``) or ``dao-p`` (diffusion + exponential energy loss, see ``models/dao_p.py``).
         energy_column: DAO-P label column (eV/atom); empty = the benchmarks' ``energy_column``.
     """
 
@@ -124,7 +125,7 @@ def load_training_data(cfg: TrainConfig) -> tuple[CrystalDataset, list[str]]:
 
 def energy_column(cfg: TrainConfig) -> str | None:
     """The label column a DAO-P run trains on (None for DAO-G): one column shared by every named benchmark."""
-    if cfg.model == "dao-g":
+    if cfg.model in ("dao-g", "dao-g-flow"):
         return None
     if cfg.energy_column:
         return cfg.energy_column
@@ -138,12 +139,16 @@ def build_model(cfg: TrainConfig, data: CrystalDataset, meta: dict) -> DAOG:
     """The model named by ``cfg.model`` (DAO-P gets its energy scaling from the training labels)."""
     if cfg.model == "dao-g":
         return DAOG(cfg.model_config(), meta=meta)
+    if cfg.model == "dao-g-flow":
+        from xtalforge.models.dao_g_flow import DAOGFlow
+
+        return DAOGFlow(cfg.model_config(), meta=meta)
     if cfg.model == "dao-p":
         from xtalforge.models.dao_p import DAOP
 
         column = energy_column(cfg)
         return DAOP.for_labels(data.meta[column].to_numpy(), column, cfg=cfg.model_config(), meta=meta)
-    raise XtalforgeError(f"unknown model '{cfg.model}' (choose dao-g or dao-p)")
+    raise XtalforgeError(f"unknown model '{cfg.model}' (choose dao-g, dao-g-flow or dao-p)")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

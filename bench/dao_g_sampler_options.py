@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from dao_g import weights_tag  # noqa: I001  (sibling script)
 
+from xtalforge.crystal import atomic_write_text
 from xtalforge.data.protocol import BENCHMARKS, load_split, sample_indices
 from xtalforge.evaluation import evaluate_csp
+from xtalforge.evaluation.csp import read_jsonl
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod
 
@@ -41,6 +43,15 @@ def rows_for(n_test: int, which: str, limit: int) -> np.ndarray:
         return report[:limit] if limit < 200 else report
     rest = np.setdiff1d(np.arange(n_test), report)
     return np.sort(np.random.default_rng(1).choice(rest, size=limit, replace=False))
+
+
+def write_test_indexed(run_dir: Path, idx: np.ndarray) -> None:
+    """``candidates_test_index.jsonl``: the run's candidates with ``index`` = the row of the whole test split (the
+    run itself numbers the rows of its subset), the form ``bench/ranking.py --dao-g-candidates`` reads."""
+    lines = []
+    for rec in read_jsonl(run_dir / "candidates.jsonl"):
+        lines.append(json.dumps({**rec, "index": int(idx[rec["index"]])}) + "\n")
+    atomic_write_text(run_dir / "candidates_test_index.jsonl", "".join(lines))
 
 
 def main() -> None:
@@ -70,6 +81,7 @@ def main() -> None:
         out = RUNS / f"{args.bench}_{weights_tag(args.weights)}_{args.rows}{len(idx)}_{tag}"
         t0 = time.perf_counter()
         report = evaluate_csp(method, rows_of, ks=[1, 20], out_dir=out, workers=1, progress=False)
+        write_test_indexed(out, idx)
         row = {"weights": args.weights, "options": options, "settings": method.settings(), "rows": args.rows,
                "entries": len(idx), "metrics": report["results"]["metrics"],
                "generation_s_per_entry": report["timings"]["generation_s_per_entry"],

@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--previous", type=Path, default=None, help="shipped weights the first run started from")
+    ap.add_argument("--sampler_options", default="{}",
+                    help='JSON of the default sampler settings stored with the weights, e.g. \'{"steps": 50, '
+                         '"anti_anneal": 2}\' (DAOGMethod reads them)')
     args = ap.parse_args()
     runs = [run_facts(Path(r)) for r in args.runs.split(",")]
     if args.previous is not None:
@@ -45,7 +48,7 @@ def main() -> None:
     model.meta.update({
         "name": args.name, "step_lr": args.step_lr, "benchmark": args.benchmark,
         "train_steps": sum(r["steps"] for r in runs), "train_wall_s": sum(r["wall_s"] for r in runs),
-        "train_runs": runs,
+        "train_runs": runs, "sampler_options": json.loads(args.sampler_options),
     })
     model.save(args.out)
     print(json.dumps({k: v for k, v in model.meta.items() if k not in ("z_prior", "train_runs")}, indent=1))

@@ -22,6 +22,8 @@ from xtalforge.cli import main
         (["predict", "NaCl", "--method", "template", "--no-redecorate"], "applies to --method auto"),
         (["predict", "NaCl", "--method", "dao-g", "--steps", "1001"], "steps must be an integer from 1 to 1000"),
         (["predict", "NaCl", "--method", "dao-g", "--device", "cuda:7"], "not available on this machine"),
+        (["predict", "NaCl", "--method", "template", "--weights", "mp20"], "applies to --method auto"),
+        (["predict", "NaCl", "--method", "dao-g", "--weights", "no_such"], "no DAO-G weights 'no_such'"),
         (["property", "missing.cif", "--property", "tc"], "neither a structure file nor a composition"),
         (["property", "NaCl", "--property", "colour"], "unknown property"),
     ],

@@ -131,11 +131,13 @@ def test_flow_weights_load_as_flow_and_refuse_diffusion_samplers(tmp_path):
 
     torch.manual_seed(0)
     path = tmp_path / "flow.pt"
-    DAOGFlow(TINY, meta={"max_atoms": 12}).save(path)
+    DAOGFlow(TINY, meta={"max_atoms": 12, "sampler_options": {"steps": 3, "anti_anneal": 2.0}}).save(path)
     model = DAOG.load(path)
     assert isinstance(model, DAOGFlow)
-    method = DAOGMethod(model, steps=3)
-    assert method.settings()["sampler"] == "flow"
+    method = DAOGMethod(model)  # sampler, steps and anti-annealing from the weights
+    settings = method.settings()
+    assert (settings["sampler"], settings["steps"], settings["anti_anneal"]) == ("flow", 3, 2.0)
+    assert DAOGMethod(model, steps=5, anti_anneal=0.0).settings()["steps"] == 5
     assert [c.num_atoms for c in method.generate([[8, 8, 22]], 2)[0]] == [3, 3]
     with pytest.raises(XtalforgeError, match="does not fit"):
         DAOGMethod(model, sampler="pc")

@@ -45,7 +45,7 @@ def test_default_dao_g_samples_cells_above_20_atoms_with_the_mpts52_weights():
     dao_g = get_method("dao-g", steps=2)
     assert dao_g.max_atoms == 52
     small, large = dao_g.sample_cells([_cell({"Na": 2, "Cl": 2}), _cell({"Zr": 16, "Rh": 8, "O": 4})], seed=0)
-    assert small.properties["weights"] == "mp20" and large.properties["weights"] == "mpts52"
+    assert small.properties["weights"] == "mp20_flow" and large.properties["weights"] == "mpts52"
     assert large.num_atoms == 28 and large.volume / large.num_atoms > 3.0
 
 
@@ -59,3 +59,11 @@ def test_auto_generates_for_cells_above_20_atoms_only_with_the_mpts52_weights():
     generated = [c for c in row if c.properties["method"] == "dao-g"]
     assert generated and {c.properties["weights"] for c in generated} == {"mpts52"}
     assert all(sorted(c.numbers.tolist()) == sorted(cell) for c in generated)
+
+
+def test_default_dao_g_is_the_flow_model_and_guidance_falls_back_to_the_diffusion_weights():
+    """Energy guidance needs a score, which the flow-matching default weights do not have."""
+    plain, guided = get_method("dao-g", steps=2), get_method("dao-g", steps=2, guidance=1.0)
+    assert [m.sampler for m in plain.methods] == ["flow", "pc"]
+    assert [m.model.meta["name"] for m in guided.methods] == ["mp20", "mpts52"]
+    assert guided.methods[0].guidance == 1.0

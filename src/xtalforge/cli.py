@@ -40,6 +40,26 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, metavar="NAME|PATH",
+                   help="DAO-G weights of dao-g / auto: a shipped name (mp20, mp20_flow, mpts52, perov_5, carbon_24) "
+                        "or a file; default: mp20, and mpts52 for cells of 21-52 atoms with --method dao-g")
+
+
+#: methods whose ``weights`` are DAO-G weights (the template method's ``weights`` are its ranking weights)
+DAO_G_WEIGHTS_METHODS = ("auto", "dao-g", "template+dao-g")
+
+
+def _dao_g_weights(args) -> dict:
+    """``{"weights": ...}`` for ``--weights``, refused for a method that samples no DAO-G."""
+    if not args.weights:
+        return {}
+    if args.method not in DAO_G_WEIGHTS_METHODS:
+        raise XtalforgeError(f"--weights (DAO-G weights) applies to --method {', '.join(DAO_G_WEIGHTS_METHODS)}, "
+                             f"not {args.method}")
+    return {"weights": args.weights}
+
+
 def _add_guidance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=0.0, metavar="S",
                    help="energy guidance strength s of DAO-G sampling by the shipped DAO-P energy model (default 0 = "
@@ -74,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the method's order, or CHGNet energy with --relax chgnet or --method dao-g. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
+    _add_weights(p)
     _add_guidance(p)
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
     p.add_argument("--seed", type=int, default=0)
@@ -93,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per structure pair before giving up")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
+    _add_weights(p)
     _add_guidance(p)
     p.add_argument("--seed", type=int, default=0)
     _add_device(p)
@@ -148,6 +170,7 @@ def cmd_predict(args) -> int:
     kwargs = {} if args.steps is None else {"steps": args.steps}
     if args.guidance:
         kwargs["guidance"] = args.guidance
+    kwargs.update(_dao_g_weights(args))
     if args.no_redecorate:
         if args.method != "auto":
             raise XtalforgeError(f"--no-redecorate applies to --method auto, not {args.method}")
@@ -181,6 +204,7 @@ def cmd_evaluate(args) -> int:
         kwargs["steps"] = args.steps
     if args.guidance and "guidance" in params:
         kwargs["guidance"] = args.guidance
+    kwargs.update(_dao_g_weights(args))
     if library is not None and "library" in params:
         from xtalforge.templates.library import benchmark_library
 

@@ -213,10 +213,10 @@ class TemplatesThenGenerator(CSPMethod):
 
 
 @register("auto")
-def _make_auto(library=None, weights: str | None = None, steps: int = 50, sampler: str = "pc",
+def _make_auto(library=None, weights: str | None = None, steps: int | None = None, sampler: str | None = None,
                device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0,
                redecorate_candidates: int = 1000, redecorate_short_lists: bool = True) -> TemplatesThenGenerator:
-    """``get_method("auto", library=..., weights=..., steps=50, sampler="pc", device="cpu", guidance=0.0,
+    """``get_method("auto", library=..., weights=..., steps=None, sampler=None, device="cpu", guidance=0.0,
     redecorate_candidates=1000, redecorate_short_lists=True)``.
 
     The generator is DAO-G with ``weights``, by default the MP-20 weights alone, so only cells of <= 20 atoms get
@@ -234,10 +234,10 @@ def _make_auto(library=None, weights: str | None = None, steps: int = 50, sample
         redecorator = get_method("redecorate", library=templates.library, max_candidates=redecorate_candidates)
 
     def generator() -> CSPMethod:
-        from xtalforge.models.dao_g import DEFAULT_WEIGHTS
+        from xtalforge.models.dao_g import default_weights
 
-        return get_method("dao-g", weights=weights or DEFAULT_WEIGHTS, steps=steps, sampler=sampler, device=device,
-                          step_lr=step_lr, guidance=guidance)
+        return get_method("dao-g", weights=weights or default_weights(guidance), steps=steps, sampler=sampler,
+                          device=device, step_lr=step_lr, guidance=guidance)
 
     return TemplatesThenGenerator(templates, generator, redecorator=redecorator,
                                   redecorate_short_lists=redecorate_short_lists)

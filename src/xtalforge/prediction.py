@@ -232,7 +232,8 @@ def write_candidates(candidates: list[Candidate], out_dir: str | os.PathLike, se
         for c in candidates:
             name = f"{c.rank:02d}_{c.formula}.cif"
             atomic_write_text(tmp / name, c.crystal.to_cif_string())
-            rows.append({**c.row(), "file": name})
+            # which shipped weights made a generated candidate (the defaults change between versions)
+            rows.append({**c.row(), "weights": c.info.get("weights"), "file": name})
         atomic_write_text(tmp / "summary.md", format_table(candidates) + "\n")
         import pandas as pd
 

@@ -3,7 +3,8 @@
     sampler(model, batch, steps, step_lr=..., generator=None, guidance=None, callback=None, start_t=None)
         -> CrystalBatch
 
-``model`` is a :class:`~xtalforge.models.dao_g.DAOG` (anything with ``.schedule`` and ``.score``); ``batch`` holds
+``model`` is a :class:`~xtalforge.models.dao_g.DAOG` (anything with ``.schedule`` and ``.score``; for ``flow`` a
+:class:`~xtalforge.models.dao_g_flow.DAOGFlow`, with ``.velocity``); ``batch`` holds
 the compositions (``types``, ``mask``). Without ``start_t`` sampling starts from pure noise (L ~ N(0, I),
 F ~ U[0, 1)); with ``start_t`` the batch's own lattice and coordinates are noised to ``start_t`` first and then
 denoised, which refines a given structure (e.g. a template candidate) instead of generating from scratch.

@@ -36,6 +36,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = "mp20_flow"
 #: The diffusion weights of the same cells; energy guidance needs a diffusion model, so guided sampling uses these.
 DIFFUSION_WEIGHTS = "mp20"
+#: Sampler settings of weights that store none in ``meta["sampler_options"]``.
+SAMPLER_DEFAULTS = {"steps": 50, "coord_scale": 1.0, "eta": 1.0, "anti_anneal": 0.0}
 #: Shipped weights for cells larger than DEFAULT_WEIGHTS allows (the default ``dao-g`` routes such cells to them).
 LARGE_CELL_WEIGHTS = "mpts52"
 
@@ -235,13 +237,14 @@ class DAOGMethod(CSPMethod):
         from xtalforge.diffusion.samplers import SAMPLERS
 
         # unset sampler settings come from the weights (meta["sampler_options"], chosen when they were shipped)
-        own = {"steps": 50, "coord_scale": 1.0, "eta": 1.0, "anti_anneal": 0.0,
-               **model.meta.get("sampler_options", {})} if sampler in (None, model.default_sampler) else {}
+        own = dict(SAMPLER_DEFAULTS)
+        if sampler in (None, model.default_sampler):
+            own.update(model.meta.get("sampler_options", {}))
         sampler = sampler or model.default_sampler
-        steps = steps if steps is not None else int(own.get("steps", 50))
-        coord_scale = coord_scale if coord_scale is not None else float(own.get("coord_scale", 1.0))
-        eta = eta if eta is not None else float(own.get("eta", 1.0))
-        anti_anneal = anti_anneal if anti_anneal is not None else float(own.get("anti_anneal", 0.0))
+        steps = int(own["steps"]) if steps is None else steps
+        coord_scale = float(own["coord_scale"]) if coord_scale is None else coord_scale
+        eta = float(own["eta"]) if eta is None else eta
+        anti_anneal = float(own["anti_anneal"]) if anti_anneal is None else anti_anneal
         if sampler not in SAMPLERS:
             raise XtalforgeError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if (sampler == "flow") != (model.objective == "flow"):
@@ -277,11 +280,10 @@ class DAOGMethod(CSPMethod):
         self.max_atoms = int(model.meta.get("max_atoms", 52))
 
     def settings(self) -> dict:
-        options = {"coord_scale": (self.coord_scale, 1.0), "eta": (self.eta, 1.0),
-                   "anti_anneal": (self.anti_anneal, 0.0)}
+        options = {"coord_scale": self.coord_scale, "eta": self.eta, "anti_anneal": self.anti_anneal}
         return {"method": self.name, "sampler": self.sampler, "steps": self.steps, "step_lr": self.step_lr,
                 # only non-default sampler options, so older run folders keep their settings
-                **{k: v for k, (v, default) in options.items() if v != default},
+                **{k: v for k, v in options.items() if v != SAMPLER_DEFAULTS[k]},
                 "weights": self.model.meta.get("name", ""), "train_data": self.model.meta.get("data", ""),
                 "train_steps": self.model.meta.get("train_steps"),  # tells apart versions of the same weights name
                 "guidance": self.guidance, "energy_weights": self.energy_weights if self.guidance else None}

@@ -32,7 +32,7 @@ from xtalforge.methods import CSPMethod, register
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: Default weights for cells of <= 20 atoms: flow matching, better than the diffusion weights ``mp20`` on MP-20
-#: (200 test entries: k=20 69.0 vs 62.0, CHGNet-ranked k=1 39.0 vs 33.0; weights/dao_g_mp20_flow.md).
+#: (200 test entries: k=1 / k=20 25.0 / 76.5 vs 21.0 / 62.0, CHGNet-ranked k=1 40.5 vs 33.0; see its card).
 DEFAULT_WEIGHTS = "mp20_flow"
 #: The diffusion weights of the same cells; energy guidance needs a diffusion model, so guided sampling uses these.
 DIFFUSION_WEIGHTS = "mp20"

@@ -40,7 +40,7 @@ RUNS = Path(__file__).resolve().parent.parent / "runs" / "bench_dao_g_sampler_op
 def rows_for(n_test: int, which: str, limit: int) -> np.ndarray:
     report = sample_indices(n_test, 200, 0)  # the model card's 200 entries
     if which == "report":
-        return report[:limit] if limit < 200 else report
+        return report[:limit]
     rest = np.setdiff1d(np.arange(n_test), report)
     return np.sort(np.random.default_rng(1).choice(rest, size=limit, replace=False))
 

@@ -43,7 +43,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def _add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="NAME|PATH",
                    help="DAO-G weights of dao-g / auto: a shipped name (mp20, mp20_flow, mpts52, perov_5, carbon_24) "
-                        "or a file; default: mp20, and mpts52 for cells of 21-52 atoms with --method dao-g")
+                        "or a file; default: mp20_flow (mp20 with --guidance), and mpts52 for cells of 21-52 atoms "
+                        "with --method dao-g")
 
 
 #: methods whose ``weights`` are DAO-G weights (the template method's ``weights`` are its ranking weights)

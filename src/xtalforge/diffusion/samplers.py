@@ -168,11 +168,8 @@ def sample_flow(model, batch: CrystalBatch, steps: int = 50, step_lr: float = 0.
     frac = torch.rand(batch.frac.shape, generator=generator, dtype=dtype).to(dev)
     s0 = 0.0
     if start_t is not None and start_t < model.timesteps:
-        from xtalforge.models.dao_g_flow import wrap
-
         s0 = 1.0 - start_t / model.timesteps
-        lattice = (1 - s0) * lattice + s0 * batch.lattice
-        frac = torch.remainder(frac + s0 * wrap(batch.frac - frac), 1.0)
+        lattice, frac, _ = model.path(batch.lattice, batch.frac, lattice, frac, s0)
     frac = frac * mask_f
     grid = np.linspace(s0, 1.0, steps + 1)
     bound = None

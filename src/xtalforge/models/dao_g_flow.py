@@ -42,6 +42,15 @@ class DAOGFlow(DAOG):
         n_atoms = mask.sum(dim=1).clamp(min=1).to(dtype)
         return ((self.net.cfg.volume_per_atom * n_atoms) ** (1 / 3))[:, None, None]
 
+    @staticmethod
+    def path(lattice_1: torch.Tensor, frac_1: torch.Tensor, lattice_0: torch.Tensor, frac_0: torch.Tensor,
+             s: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The point at flow time ``s`` ((B,) or a float) on the path from (L_0, F_0) to (L_1, F_1): ``L_s``, ``F_s``
+        and the wrapped coordinate displacement ``w(F_1 - F_0)`` (unmasked)."""
+        s = torch.as_tensor(s, dtype=lattice_1.dtype, device=lattice_1.device).reshape(-1, 1, 1)
+        step = wrap(frac_1 - frac_0)
+        return (1 - s) * lattice_0 + s * lattice_1, torch.remainder(frac_0 + s * step, 1.0), step
+
     def velocity(self, lattice: torch.Tensor, frac: torch.Tensor, types: torch.Tensor, mask: torch.Tensor,
                  s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """d L / ds (B, 3, 3) in Angstrom and d F / ds (B, N, 3) at flow times ``s`` (B,) in [0, 1]."""
@@ -61,9 +70,8 @@ class DAOGFlow(DAOG):
             l0, f0 = eps
         s = 1.0 - t.to(dtype) / self.timesteps
         mask = batch.mask.to(dtype)[..., None]
-        lattice_s = (1 - s)[:, None, None] * l0 + s[:, None, None] * batch.lattice
-        step = wrap(batch.frac - f0) * mask
-        frac_s = torch.remainder(f0 + s[:, None, None] * step, 1.0) * mask
+        lattice_s, frac_s, step = self.path(batch.lattice, batch.frac, l0, f0, s)
+        step, frac_s = step * mask, frac_s * mask
         mean = step.sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
         target_f = (step - mean) * mask * COORD_UNIT
         target_l = (batch.lattice - l0) / self.lattice_unit(batch.mask, dtype)

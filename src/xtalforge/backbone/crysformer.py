@@ -65,6 +65,13 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+def typical_length(mask: torch.Tensor, volume_per_atom: float, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1) typical lattice length ``(volume_per_atom * n_atoms)^(1/3)`` in Angstrom (the edge of a cube of
+    typical volume): the unit that makes lattice quantities O(1) for cells of any size."""
+    n_atoms = mask.sum(dim=1).clamp(min=1).to(dtype)
+    return ((volume_per_atom * n_atoms) ** (1.0 / 3.0))[:, None, None]
+
+
 def edge_features(lattice: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor, n_freq: int,
                   volume_per_atom: float) -> torch.Tensor:
     """Invariant pair features (B, N, N, 9 + 6 n_freq), layer-normalised without affine parameters.
@@ -73,8 +80,7 @@ def edge_features(lattice: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor,
     entries are O(1) for cells of any size; the affine part of the reference's LayerNorm is folded into the
     following Linear layer (the same function, one normalisation for all blocks).
     """
-    n_atoms = mask.sum(dim=1).clamp(min=1).to(lattice.dtype)
-    gram = lattice @ lattice.transpose(1, 2) / (volume_per_atom * n_atoms)[:, None, None] ** (2.0 / 3.0)
+    gram = lattice @ lattice.transpose(1, 2) / typical_length(mask, volume_per_atom, lattice.dtype) ** 2
     diff = frac[:, None, :, :] - frac[:, :, None, :]  # (B, N, N, 3): f_j - f_i at [b, i, j]
     k = torch.arange(1, n_freq + 1, dtype=frac.dtype, device=frac.device)
     angles = 2.0 * math.pi * diff[..., None] * k  # sin/cos of 2 pi k (f_j - f_i) equal those of the value mod 1
@@ -94,8 +100,7 @@ def edge_projector(lattice: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor
     features' layout; the LayerNorm statistics are summed analytically (sin^2 + cos^2 = 1) and applied after the
     projection, using ``W (f - mu) / sigma = (W f - mu W 1) / sigma``.
     """
-    n_atoms = mask.sum(dim=1).clamp(min=1).to(lattice.dtype)
-    gram = lattice @ lattice.transpose(1, 2) / (volume_per_atom * n_atoms)[:, None, None] ** (2.0 / 3.0)
+    gram = lattice @ lattice.transpose(1, 2) / typical_length(mask, volume_per_atom, lattice.dtype) ** 2
     gram = gram.reshape(-1, 1, 1, 9)
     diff = frac[:, None, :, :] - frac[:, :, None, :]  # (B, N, N, 3): f_j - f_i at [b, i, j]
     k = torch.arange(1, n_freq + 1, dtype=frac.dtype, device=frac.device)

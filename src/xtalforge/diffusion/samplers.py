@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from xtalforge.backbone.crysformer import typical_length
 from xtalforge.data.batch import CrystalBatch
 
 Guidance = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -35,14 +36,18 @@ def time_grid(start_t: int, steps: int) -> list[int]:
 def _start(model, batch: CrystalBatch, start_t: int | None, generator: torch.Generator | None
            ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Initial (lattice, frac, t): pure noise at T, or the batch's structure noised to ``start_t``."""
-    dtype, dev = batch.lattice.dtype, batch.lattice.device
     if start_t is None or start_t >= model.timesteps:
-        lattice = torch.randn(batch.lattice.shape, generator=generator, dtype=dtype).to(dev)
-        frac = torch.rand(batch.frac.shape, generator=generator, dtype=dtype).to(dev)
-        return lattice, frac, model.timesteps
-    t = torch.full((batch.lattice.shape[0],), int(start_t), dtype=torch.long, device=dev)
+        return (*_prior(batch, generator), model.timesteps)
+    t = torch.full((batch.lattice.shape[0],), int(start_t), dtype=torch.long, device=batch.lattice.device)
     noised = model.noise(batch, t, generator)
     return noised["lattice"], noised["frac"], int(start_t)
+
+
+def _prior(batch: CrystalBatch, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise end of both processes: a standard normal lattice (B, 3, 3) and uniform fractional coordinates."""
+    lattice = _randn(batch.lattice, generator)  # drawn first: the order fixes what a seed gives
+    frac = torch.rand(batch.frac.shape, generator=generator, dtype=batch.frac.dtype).to(batch.frac.device)
+    return lattice, frac
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -104,8 +109,7 @@ def _sample(model, batch, steps, step_lr, generator, guidance, callback, start_t
     grid = time_grid(t0, steps)
     bound = None
     if lattice_clip:  # a generous bound on lattice entries: lattice_clip x the edge of a cube of typical volume
-        n_atoms = mask.sum(dim=1).to(dtype)
-        bound = (lattice_clip * (model.net.cfg.volume_per_atom * n_atoms) ** (1 / 3))[:, None, None]
+        bound = lattice_clip * typical_length(mask, model.net.cfg.volume_per_atom, dtype)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         tt = torch.full((b,), t, dtype=torch.long, device=dev)
         if step_lr > 0 and not predictor_only:  # Langevin corrector on F at level t
@@ -164,8 +168,7 @@ def sample_flow(model, batch: CrystalBatch, steps: int = 50, step_lr: float = 0.
     types, mask = batch.types, batch.mask
     mask_f = mask.to(dtype)[..., None]
     b = batch.lattice.shape[0]
-    lattice = _randn(batch.lattice, generator)
-    frac = torch.rand(batch.frac.shape, generator=generator, dtype=dtype).to(dev)
+    lattice, frac = _prior(batch, generator)
     s0 = 0.0
     if start_t is not None and start_t < model.timesteps:
         s0 = 1.0 - start_t / model.timesteps

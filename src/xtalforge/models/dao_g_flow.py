@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from xtalforge.backbone.crysformer import typical_length
 from xtalforge.data.batch import CrystalBatch
 from xtalforge.models.dao_g import DAOG
 
@@ -39,8 +40,7 @@ class DAOGFlow(DAOG):
 
     def lattice_unit(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, 1) typical lattice length ``(volume_per_atom * n_atoms)^(1/3)`` in Angstrom."""
-        n_atoms = mask.sum(dim=1).clamp(min=1).to(dtype)
-        return ((self.net.cfg.volume_per_atom * n_atoms) ** (1 / 3))[:, None, None]
+        return typical_length(mask, self.net.cfg.volume_per_atom, dtype)
 
     @staticmethod
     def path(lattice_1: torch.Tensor, frac_1: torch.Tensor, lattice_0: torch.Tensor, frac_0: torch.Tensor,

@@ -38,7 +38,16 @@ from xtalforge.data.protocol import load_split, sample_indices
 from xtalforge.evaluation.csp import _resume, append_jsonl, read_jsonl
 from xtalforge.evaluation.matching import MatchTolerance
 from xtalforge.evaluation.report import package_versions, write_json
-from xtalforge.ranking import chgnet_energy, chgnet_relaxed_energy, dao_p_energy, method_score, order_of, plausible
+from xtalforge.evaluation.workers import pairwise_matches
+from xtalforge.ranking import (
+    chgnet_energy,
+    chgnet_relaxed_energy,
+    consensus_order,
+    dao_p_energy,
+    method_score,
+    order_of,
+    plausible,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "ranking_mp20.json"
@@ -49,7 +58,7 @@ SOURCES = {
 }
 K = 20
 #: Rankings computed from the static per-candidate values (name -> values, lower is better).
-STATIC_RANKINGS = ("score", "dao-p", "dao-p+plausible", "chgnet")
+STATIC_RANKINGS = ("score", "dao-p", "dao-p+plausible", "chgnet", "consensus")
 
 
 def load_candidates(source: str, rows: list[int], test, bench: str) -> dict[int, list[Crystal]]:
@@ -107,9 +116,13 @@ def static_record(test, row: int, cands: list[Crystal], tol: MatchTolerance, thr
     t = time.perf_counter()
     e_chg = chgnet_energy(cands, threads=threads)
     seconds["chgnet"] = time.perf_counter() - t
+    t = time.perf_counter()
+    adj = pairwise_matches([(c.lattice, c.frac_coords, c.numbers) for c in cands], tol)
+    seconds["consensus"] = time.perf_counter() - t
     return {"index": row, "material_id": test.ids[row], "num_atoms": int(cands[0].num_atoms), "k": len(cands),
             "rms": rms, "plausible": valid, "score": _nan_to_none(-method_score(cands)),
-            "dao_p": _nan_to_none(e_dao), "chgnet": _nan_to_none(e_chg), "seconds": seconds}
+            "dao_p": _nan_to_none(e_dao), "chgnet": _nan_to_none(e_chg),
+            "matches": [np.flatnonzero(row).tolist() for row in adj], "seconds": seconds}
 
 
 def relax_record(test, row: int, cands: list[Crystal], static: dict, tol: MatchTolerance, top: int, steps: int,
@@ -137,6 +150,14 @@ def values_of(rec: dict, ranking: str) -> np.ndarray:
         return arr("dao_p")
     if ranking == "dao-p+plausible":
         return np.where(rec["plausible"], arr("dao_p"), np.nan)
+    if ranking == "consensus":  # the position in consensus_order (matches of the other candidates, then CHGNet)
+        k = len(rec["rms"])
+        adj = np.zeros((k, k), dtype=bool)
+        for i, js in enumerate(rec["matches"]):
+            adj[i, js] = True
+        position = np.empty(k)
+        position[consensus_order(adj, arr("chgnet"))] = np.arange(k)
+        return position
     return arr("chgnet")
 
 
@@ -202,7 +223,7 @@ def summarize(static: list[dict], relax: list[dict]) -> dict:
         block["relax_subset"]["oracle_relaxed_top"] = 100.0 * float(np.mean([any(x is not None for x in r["rms"])
                                                                              for r in rel]))
     timing = {}
-    for name in ("match", "dao-p", "chgnet", "plausible"):
+    for name in ("match", "dao-p", "chgnet", "plausible", "consensus"):
         vals = [r["seconds"][name] for r in static]
         timing[f"{name}_s_per_entry"] = float(np.mean(vals)) if vals else None
     vals = [r["seconds"]["chgnet-relax"] for r in rel]
@@ -213,13 +234,14 @@ def summarize(static: list[dict], relax: list[dict]) -> dict:
 
 def markdown(results: dict, settings: dict) -> str:
     cols = [("score", "method order"), ("dao-p", "DAO-P"), ("dao-p+plausible", "DAO-P, implausible last"),
-            ("chgnet", "CHGNet static")]
+            ("chgnet", "CHGNet static"), ("consensus", "consensus (CHGNet ties)")]
     lines = [f"Rank-1-of-{K} match rate (%), {settings['bench']} test, random entries seed {settings['seed']}; "
              "StructureMatcher stol 0.5, angle_tol 10, ltol 0.3; chgnet-relax: relaxed structure matched "
              f"(top {settings['relax_top']} by static CHGNet, {settings['relax_steps']} FIRE steps).", "",
              "| source | entries | random pick | " + " | ".join(c for _, c in cols)
-             + " | CHGNet relaxed | oracle-of-20 | s/entry DAO-P | s/entry CHGNet | s/entry relax |",
-             "|---" * (len(cols) + 8) + "|"]
+             + " | CHGNet relaxed | oracle-of-20 | s/entry DAO-P | s/entry CHGNet | s/entry consensus matching"
+             " | s/entry relax |",
+             "|---" * (len(cols) + 9) + "|"]
     for source, block in results.items():
         for subset in ("all", "relax_subset"):
             b = block[subset]
@@ -232,6 +254,7 @@ def markdown(results: dict, settings: dict) -> str:
             row.append(f"{b['rank1_chgnet-relax']:.1f}" if "rank1_chgnet-relax" in b else "-")
             row.append(f"{b['oracle']:.1f}")
             row += [f"{t['dao-p_s_per_entry']:.3f}", f"{t['chgnet_s_per_entry']:.2f}",
+                    f"{t['consensus_s_per_entry']:.2f}",
                     "-" if t["chgnet-relax_s_per_entry"] is None else f"{t['chgnet-relax_s_per_entry']:.1f}"]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -243,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
                     "source's stored run is MP-20's; another benchmark needs --sources dao-g --dao-g-candidates)")
     ap.add_argument("--n", type=int, default=100, help="random test entries")
     ap.add_argument("--seed", type=int, default=0, help="seed of the entry sample")
+    ap.add_argument("--rows", choices=("random", "tune"), default="random", help="random: --n entries of seed --seed "
+                    "(seed 0, n 200: the model cards' report rows); tune: --n entries outside those 200, the rows "
+                    "bench/dao_g_sampler_options.py --rows tune samples")
     ap.add_argument("--sources", default="template,dao-g")
     ap.add_argument("--relax-n", type=int, default=20, help="entries (random subset of the n) for chgnet-relax")
     ap.add_argument("--relax-top", type=int, default=3, help="candidates relaxed per entry (lowest static CHGNet)")
@@ -261,9 +287,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = args.out or (RESULTS if args.bench == DEFAULT_BENCH else RESULTS.with_name(f"ranking_{args.bench}.json"))
     test = load_split(args.bench, "test")
-    rows = [int(r) for r in sample_indices(len(test), args.n, args.seed)]
+    if args.rows == "tune":
+        from dao_g_sampler_options import rows_for  # sibling script
+
+        rows = [int(r) for r in rows_for(len(test), "tune", args.n)]
+    else:
+        rows = [int(r) for r in sample_indices(len(test), args.n, args.seed)]
     relax_rows = [rows[int(i)] for i in sample_indices(len(rows), args.relax_n, args.seed)]
-    run = ROOT / "runs" / "ranking" / f"{args.bench}_n{args.n}_s{args.seed}"
+    run = ROOT / "runs" / "ranking" / (f"{args.bench}_tune{args.n}" if args.rows == "tune" else
+                                       f"{args.bench}_n{args.n}_s{args.seed}")
     if args.dao_g_candidates:  # another run's samples must not resume into the default run's files
         run = run.with_name(f"{run.name}_{SOURCES['dao-g'].parent.name}")
     sources = args.sources.split(",")
@@ -294,7 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         relax = [rec for rec in read_jsonl(files[s][1]) if rec["index"] in wanted_relax]
         results[s] = summarize(static[s], relax)
     both = complement(static["template"], static["dao-g"]) if {"template", "dao-g"} <= set(sources) else None
-    settings = {"bench": args.bench, "split": "test", "n": args.n, "seed": args.seed, "k": K, "sources":
+    settings = {"bench": args.bench, "split": "test", "rows": args.rows, "n": args.n, "seed": args.seed, "k": K,
+                "sources":
                 {s: str(SOURCES[s].relative_to(ROOT)) for s in sources}, "relax_n": args.relax_n,
                 "relax_top": args.relax_top, "relax_steps": args.relax_steps, "relax_fmax": 0.1,
                 "relax_preselect": "lowest static CHGNet energy", "threads": args.threads,

@@ -7,7 +7,7 @@ import pytest
 
 from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
-from xtalforge.ranking import chgnet_energy, dao_p_energy, order_of, plausible, rank
+from xtalforge.ranking import chgnet_energy, consensus_order, dao_p_energy, order_of, plausible, rank
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,49 @@ def test_implausible_cells_are_not_given_to_chgnet(val_crystals):
     assert rank([collapsed, c, touching], by="chgnet")[0] == 1
 
 
+def test_consensus_order_puts_the_most_drawn_structure_first_and_repeats_last():
+    # candidates 1, 3, 4 are one structure, 0 and 2 another, 5 is alone; energies only break ties
+    groups = [0, 1, 0, 1, 1, 2]
+    matches = np.equal.outer(groups, groups)
+    energy = np.array([-1.0, -0.5, -2.0, np.nan, -0.6, -3.0])
+    # the 3-member group first (its lowest-energy member 4; NaN never wins a tie), then group 0 (2 before 0), then 5
+    assert consensus_order(matches, energy).tolist() == [4, 2, 5, 1, 3, 0]
+    # no matches at all: the energy order
+    assert consensus_order(np.zeros((3, 3), bool), np.array([0.0, -1.0, 0.5])).tolist() == [1, 0, 2]
+
+
+@pytest.fixture(scope="module")
+def polymorphs():
+    from xtalforge.data.protocol import load_split
+
+    val = load_split("mp_20_biternary", "val")
+    return val[657], val[1002]  # two Mo2Se4 cells that StructureMatcher tells apart
+
+
+def test_pairwise_matches_find_the_same_crystal_in_another_cell(polymorphs, val_crystals):
+    from xtalforge.evaluation.workers import pairwise_matches
+
+    c, other = polymorphs
+    shifted = Crystal(c.lattice, (c.frac_coords + [0.3, 0.1, 0.7]) % 1.0, c.numbers)  # same crystal, new origin
+    rotated_cell = Crystal(c.lattice[[1, 2, 0]], c.frac_coords[:, [1, 2, 0]], c.numbers)  # same lattice, rows permuted
+    cells = [c, shifted, rotated_cell, other, val_crystals[0]]  # + a polymorph, another composition
+    adj = pairwise_matches([(x.lattice, x.frac_coords, x.numbers) for x in cells])
+    assert adj.shape == (5, 5) and not adj.diagonal().any() and (adj == adj.T).all()
+    assert adj[0, 1] and adj[0, 2] and adj[1, 2]
+    assert not adj[3, :3].any() and not adj[4].any()
+
+
+def test_rank_by_consensus_records_why(polymorphs):
+    c, other = polymorphs
+    cands = [other, c, Crystal(c.lattice, (c.frac_coords + 0.25) % 1.0, c.numbers), expanded(c, 1.2)]
+    order = rank(cands, by="consensus")
+    # three copies of one crystal (the matcher scales volumes, so the 1.2x copy is one too): one of them first,
+    # then the polymorph (a new structure), then the two repeats
+    assert order[1] == 0 and set(order[[0, 2, 3]].tolist()) == {1, 2, 3}
+    assert [x.properties["consensus_matches"] for x in cands] == [0, 2, 2, 2]
+    assert cands[1].properties["static_energy_per_atom"] == pytest.approx(chgnet_energy([c])[0], abs=1e-4)
+
+
 def test_unknown_ranking_is_an_error(val_crystals):
     with pytest.raises(XtalforgeError, match="unknown ranking 'oracle'"):
         rank(val_crystals, by="oracle")
@@ -87,19 +130,23 @@ def test_predict_rank_by_orders_by_the_named_energy():
     assert sorted(c.crystal.volume for c in by_dao_p) == sorted(c.crystal.volume for c in default)
 
 
-def test_dao_g_alone_is_ranked_by_chgnet_energy_by_default():
+def test_dao_g_alone_returns_the_lowest_chgnet_energies_of_a_pool_of_20():
     import xtalforge
     from xtalforge.ranking import chgnet_energy
 
     default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10)
-    assert all(c.info["rank_by"] == "chgnet" for c in default)
+    assert len(default) == 4 and all(c.info["rank_by"] == "chgnet" for c in default)
     values = [c.info["rank_value"] for c in default]
     finite = [v for v in values if v is not None]
     assert finite == sorted(finite) and values[: len(finite)] == finite  # NaN (unevaluable) last
     np.testing.assert_allclose(finite, chgnet_energy([c.crystal for c in default])[: len(finite)], atol=1e-4)
-    by_score = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10, rank_by="score")
-    assert all(c.info["rank_by"] == "score" for c in by_score)
-    assert sorted(c.crystal.volume for c in by_score) == pytest.approx(sorted(c.crystal.volume for c in default))
+    # the same seed's 20 samples in the sampler's order: the 4 returned are their 4 lowest energies
+    pool = xtalforge.predict("Ga2Te2", n=20, method="dao-g", steps=10, rank_by="score")
+    assert len(pool) == 20 and all(c.info["rank_by"] == "score" for c in pool)
+    pool_e = chgnet_energy([c.crystal for c in pool])
+    np.testing.assert_allclose(finite, np.sort(pool_e[np.isfinite(pool_e)])[: len(finite)], atol=1e-4)
+    with pytest.raises(XtalforgeError, match=r"pool \(2\) must be at least n \(4\)"):
+        xtalforge.predict("Ga2Te2", n=4, method="dao-g", pool=2)
 
 
 def test_cli_rank_by(tmp_path, capsys):

@@ -89,11 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-redecorate", action="store_true",
                    help="auto without re-decorated templates (no CHGNet calls: seconds instead of up to a minute)")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax candidates with CHGNet")
-    p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet}",
+    p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet,consensus}",
                    help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
-                   "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet); auto (default): "
+                   "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet), consensus (the "
+                   "structure a generator drew most often first, ties by CHGNet energy); auto (default): "
                    "the method's order, or CHGNet energy with --relax chgnet or --method dao-g. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
+    p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, the best --n "
+                   "returned (default --n; for --method dao-g without --relax at least 20)")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
     _add_weights(p)
     _add_guidance(p)
@@ -177,7 +180,7 @@ def cmd_predict(args) -> int:
             raise XtalforgeError(f"--no-redecorate applies to --method auto, not {args.method}")
         kwargs["redecorate_candidates"] = 0
     candidates = predict(args.formula, n=args.n, method=args.method, relax=args.relax, seed=args.seed, z=args.z,
-                         device=args.device, rank_by=args.rank_by, **kwargs)
+                         device=args.device, rank_by=args.rank_by, pool=args.pool, **kwargs)
     out = Path(args.out or f"xtalforge_{args.formula}")
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     write_candidates(candidates, out, settings)

@@ -21,13 +21,15 @@ from xtalforge.crystal import Crystal, atomic_write_text
 from xtalforge.errors import XtalforgeError
 
 #: Values of ``predict(rank_by=...)`` / ``xtalforge predict --rank-by``.
-RANK_BY = ("auto", "score", "dao-p", "chgnet")
+RANK_BY = ("auto", "score", "dao-p", "chgnet", "consensus")
 #: What ``rank_by="auto"`` uses without relaxation: the best rank-1 match rate measured by bench/ranking.py among the
 #: affordable rankings (see :data:`RANK_NOTE`): the method's own order, except for DAO-G alone
 #: (:data:`GENERATOR_RANK_BY`).
 DEFAULT_RANK_BY = "score"
 #: ``rank_by="auto"`` for ``method="dao-g"``: its samples' own score ranks them worse than CHGNet energy does.
 GENERATOR_RANK_BY = "chgnet"
+#: ``method="dao-g"`` draws at least this many samples and returns the best ``n`` (see ``predict(pool=...)``).
+GENERATOR_POOL = 20
 #: The measurement behind :data:`DEFAULT_RANK_BY` (also shown by ``xtalforge predict --help``).
 RANK_NOTE = (
     'Measured by bench/ranking.py (100 random MP-20 bi/ternary test entries, 20 candidates each): rank-1 match of '
@@ -117,6 +119,7 @@ def predict(
     z: int | None = None,
     device: str = "cpu",
     rank_by: str = "auto",
+    pool: int | None = None,
     **method_kwargs: Any,
 ) -> list[Candidate]:
     """Ranked candidate crystal structures for a composition.
@@ -132,9 +135,13 @@ def predict(
         device: torch device of neural methods (``cpu`` or ``cuda``).
         rank_by: order of the returned candidates (see :mod:`xtalforge.ranking`): ``score`` (the method's own order),
             ``dao-p`` (DAO-P predicted energy per atom), ``chgnet`` (CHGNet energy per atom; of the relaxed structures
-            when ``relax="chgnet"``), or ``auto``: ``chgnet`` with relaxation or for ``method="dao-g"``, else
-            :data:`DEFAULT_RANK_BY` (the method's order).
+            when ``relax="chgnet"``), ``consensus`` (the structure drawn most often first, ties by CHGNet energy,
+            distinct structures before repeats; for samples of a generator), or ``auto``: ``chgnet`` with relaxation,
+            :data:`GENERATOR_RANK_BY` for ``method="dao-g"``, else :data:`DEFAULT_RANK_BY` (the method's order).
             The measurement behind this choice is :data:`RANK_NOTE`.
+        pool: candidates drawn before ranking, of which the best ``n`` are returned; default ``n``, and for
+            ``method="dao-g"`` without relaxation ``max(n, GENERATOR_POOL)``: the benchmarks rank 20 samples, and a
+            ranking can only pick from what was drawn.
     """
     from xtalforge.methods import get_method, method_parameters
 
@@ -144,13 +151,17 @@ def predict(
         raise XtalforgeError(f"unknown relaxation '{relax}' (choose none or chgnet)")
     if rank_by not in RANK_BY:
         raise XtalforgeError(f"unknown ranking '{rank_by}' (choose from {', '.join(RANK_BY)})")
+    if pool is None:
+        pool = max(n, GENERATOR_POOL) if method == "dao-g" and relax == "none" and rank_by != "score" else n
+    if pool < n:
+        raise XtalforgeError(f"pool ({pool}) must be at least n ({n})")
     target = Target.parse(formula, z=z)
     kwargs = dict(method_kwargs)
     if "device" in method_parameters(method):  # template and re-decorated-template methods run on the CPU only
         kwargs.setdefault("device", device)
     # "auto" is xtalforge.pipeline.TemplatesThenGenerator: templates, then DAO-G for the slots they leave empty
     impl = get_method(method, **kwargs)
-    crystals = impl.predict_target(target, n, seed=seed)
+    crystals = impl.predict_target(target, pool, seed=seed)
     for c in crystals:
         c.properties.setdefault("method", method)
     if not crystals:
@@ -173,6 +184,7 @@ def predict(
         crystals = relaxed
         energies = [float(c.properties["energy_per_atom"]) for c in relaxed]
     crystals, energies = _rank(crystals, energies, rank_by, relaxed=relax == "chgnet", method=method)
+    crystals, energies = crystals[:n], energies[:n]
     out = []
     for rank, (c, e) in enumerate(zip(crystals, energies), start=1):
         info = {k: v for k, v in c.properties.items() if k not in ("score", "energy_per_atom")}

@@ -9,6 +9,9 @@ better**; :func:`rank` turns it into an order (stable, non-finite values last):
 * ``chgnet``: CHGNet energy in eV/atom of the unrelaxed candidates (batched).
 * ``chgnet-relax``: CHGNet energy in eV/atom after a short FIRE relaxation (:func:`chgnet_relaxed_energy`); the
   relaxed structures, not the inputs, are the candidates then.
+* ``consensus``: for samples of a generative model. The structure drawn most often comes first: candidates are
+  ordered by how many of the others they match (``StructureMatcher``, benchmark tolerances), ties by CHGNet energy,
+  one candidate of each matching group before the repeats (:func:`consensus_order`). Its value is the position.
 
 Measured rank-1 match rates of each ranking next to oracle-of-20: ``bench/ranking.py`` ->
 ``bench/results/ranking_mp20.json``.
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from xtalforge.models.dao_p import DAOP
 
 #: Rankings :func:`rank` understands (lower value = better candidate for every one of them).
-RANKINGS = ("score", "dao-p", "chgnet", "chgnet-relax")
+RANKINGS = ("score", "dao-p", "chgnet", "chgnet-relax", "consensus")
 #: Shipped DAO-P weights used for ``dao-p`` ranking.
 DAO_P_WEIGHTS = "energy_mp20"
 #: ... nor about cells with two atoms closer than this (Angstrom; CDVAE/DiffCSP structural validity).
@@ -113,6 +116,50 @@ def chgnet_relaxed_energy(
     return relaxed, energies
 
 
+def consensus_order(matches: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """Order of k candidates by consensus, best first.
+
+    Args:
+        matches: (k, k) bool, which candidates match each other (diagonal ignored).
+        energies: (k,) tie-break, lower first (NaN last), e.g. CHGNet eV/atom.
+
+    Candidates are preferred by the number of others they match, then by energy. Walking that preference, a
+    candidate that matches none of the ones already taken as group leaders is the next leader; the leaders come first,
+    then the repeats in the same preference, so the first candidates are distinct structures and none is dropped.
+    """
+    matches = np.asarray(matches, dtype=bool) & ~np.eye(len(energies), dtype=bool)
+    energy = np.where(np.isfinite(energies), energies, np.inf)
+    preference = np.lexsort((energy, -matches.sum(axis=1)))  # stable: equal candidates keep the input order
+    covered = np.zeros(len(energy), dtype=bool)
+    leaders, repeats = [], []
+    for j in preference:  # k <= a few hundred candidates: a plain loop
+        if covered[j]:
+            repeats.append(int(j))
+        else:
+            leaders.append(int(j))
+            covered |= matches[j]
+    return np.array(leaders + repeats, dtype=np.int64)
+
+
+def consensus(crystals: Sequence[Crystal], threads: int | None = None) -> np.ndarray:
+    """(k,) position of each crystal in :func:`consensus_order` (0 = best), with the pairwise matches from
+    :func:`~xtalforge.evaluation.workers.pairwise_matches` and CHGNet static energies as the tie-break.
+
+    Records ``consensus_matches`` (how many others each matches) and ``static_energy_per_atom`` (CHGNet eV/atom or
+    None) in every crystal's ``properties``, so an output shows why it was ranked where it is.
+    """
+    from xtalforge.evaluation.workers import pairwise_matches
+
+    energies = chgnet_energy(crystals, threads=threads)
+    matches = pairwise_matches([(c.lattice, c.frac_coords, c.numbers) for c in crystals])
+    for c, m, e in zip(crystals, matches.sum(axis=1), energies):
+        c.properties["consensus_matches"] = int(m)
+        c.properties["static_energy_per_atom"] = float(e) if np.isfinite(e) else None
+    position = np.empty(len(crystals))
+    position[consensus_order(matches, energies)] = np.arange(len(crystals))
+    return position
+
+
 def check_ranking(by: str) -> str:
     """``by`` if it is a known ranking, else a one-line :class:`XtalforgeError`."""
     if by not in RANKINGS:
@@ -137,6 +184,8 @@ def rank_values(crystals: Sequence[Crystal], by: str = "score", steps: int = 20,
         return dao_p_energy(crystals, threads=threads), None
     if by == "chgnet":
         return chgnet_energy(crystals, threads=threads), None
+    if by == "consensus":
+        return consensus(crystals, threads=threads), None
     relaxed, energies = chgnet_relaxed_energy(crystals, steps=steps, threads=threads)
     return energies, relaxed
 

@@ -33,6 +33,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xtalforge.evaluation.matching import (
     MatchTolerance,
     PairMatcher,
@@ -134,6 +136,45 @@ def match_entry(task: dict, matcher: PairMatcher, emit: Callable[[dict], None], 
         record["seconds"] = time.perf_counter() - start
         record["cpu_seconds"] = time.process_time() - cpu_start
         emit(record)
+
+
+def pairwise_matches(structures: list[tuple], tol: MatchTolerance | None = None, timeout: float | None = 1.0
+                     ) -> np.ndarray:
+    """(k, k) bool: which of ``k`` structures ``(lattice (3,3), frac (N,3), numbers (N,))`` match each other
+    (``get_rms_dist`` not None under ``tol``; diagonal False), in the calling thread.
+
+    Each structure is reduced once; a pair (or a reduction) past ``timeout`` seconds counts as no match, a time
+    limit that only the main thread can enforce (elsewhere pairs run unlimited). Pairs of different reduced
+    composition are skipped. Asymmetric matcher decisions at the tolerance edge count as a match both ways.
+    """
+    matcher = PairMatcher(tol or MatchTolerance())
+    preload()
+    k = len(structures)
+    adj = np.zeros((k, k), dtype=bool)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _on_alarm) if main else None
+    limit = timeout if main else None
+
+    def guarded(fn, *args):
+        try:
+            with _TimeLimit(limit):
+                return fn(*args)
+        except PairTimeout:
+            return None
+        except Exception:  # a malformed structure matches nothing, as in match_entry
+            return None
+
+    try:
+        keys = [composition_key(s[2]) for s in structures]
+        reduced = [guarded(lambda s: matcher.prepare(to_structure(*s)), s) for s in structures]
+        for a in range(k):
+            for b in range(a + 1, k):
+                if reduced[a] is not None and reduced[b] is not None and keys[a] == keys[b]:
+                    adj[a, b] = adj[b, a] = guarded(matcher.rms, reduced[a], reduced[b]) is not None
+    finally:
+        if main:
+            signal.signal(signal.SIGALRM, previous)
+    return adj
 
 
 # --------------------------------------------------------------------------------------------- the child process

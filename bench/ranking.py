@@ -235,7 +235,9 @@ def summarize(static: list[dict], relax: list[dict]) -> dict:
 def markdown(results: dict, settings: dict) -> str:
     cols = [("score", "method order"), ("dao-p", "DAO-P"), ("dao-p+plausible", "DAO-P, implausible last"),
             ("chgnet", "CHGNet static"), ("consensus", "consensus (CHGNet ties)")]
-    lines = [f"Rank-1-of-{K} match rate (%), {settings['bench']} test, random entries seed {settings['seed']}; "
+    rows = ("tune rows (outside the 200 report rows)" if settings.get("rows") == "tune"
+            else f"random entries seed {settings['seed']}")
+    lines = [f"Rank-1-of-{K} match rate (%), {settings['bench']} test, {rows}; "
              "StructureMatcher stol 0.5, angle_tol 10, ltol 0.3; chgnet-relax: relaxed structure matched "
              f"(top {settings['relax_top']} by static CHGNet, {settings['relax_steps']} FIRE steps).", "",
              "| source | entries | random pick | " + " | ".join(c for _, c in cols)

@@ -102,4 +102,6 @@ def test_run_json_names_the_weights_of_generated_candidates(tmp_path):
         assert main(argv) == 0
         run = json.loads((out / "run.json").read_text())
         assert [c["weights"] for c in run["candidates"]] == [name, name]
+        assert [c["ranked_among"] for c in run["candidates"]] == [20, 20]  # the best 2 of a pool of 20
+        assert all(c["rank_by"] == "consensus" and c["consensus_matches"] is not None for c in run["candidates"])
         assert run["settings"]["weights"] == (extra[1] if extra else None)

@@ -130,11 +130,23 @@ def test_predict_rank_by_orders_by_the_named_energy():
     assert sorted(c.crystal.volume for c in by_dao_p) == sorted(c.crystal.volume for c in default)
 
 
-def test_dao_g_alone_returns_the_lowest_chgnet_energies_of_a_pool_of_20():
+def test_dao_g_alone_is_ranked_by_consensus_over_a_pool_of_20():
+    import xtalforge
+
+    default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10)
+    assert len(default) == 4 and all(c.info["rank_by"] == "consensus" for c in default)
+    assert [c.info["rank_value"] for c in default] == [0, 1, 2, 3]  # positions in the consensus order of 20
+    assert all(c.info["ranked_among"] == 20 for c in default)
+    matches = [c.info["consensus_matches"] for c in default]
+    assert matches[0] == max(matches) and all(0 <= m <= 19 for m in matches)
+    assert any(c.static_energy_per_atom is not None for c in default)  # the tie-break is shown
+
+
+def test_dao_g_rank_by_chgnet_returns_the_lowest_energies_of_a_pool_of_20():
     import xtalforge
     from xtalforge.ranking import chgnet_energy
 
-    default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10)
+    default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10, rank_by="chgnet")
     assert len(default) == 4 and all(c.info["rank_by"] == "chgnet" for c in default)
     values = [c.info["rank_value"] for c in default]
     finite = [v for v in values if v is not None]

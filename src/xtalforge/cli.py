@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet,consensus}",
                    help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
                    "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet), consensus (the "
-                   "structure a generator drew most often first, ties by CHGNet energy); auto (default): "
-                   "the method's order, or CHGNet energy with --relax chgnet or --method dao-g. " + _rank_note())
+                   "structure a generator drew most often first, ties by CHGNet energy); auto (default): the "
+                   "method's order, CHGNet energy with --relax chgnet, consensus for --method dao-g. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, the best --n "
                    "returned (default --n; for --method dao-g without --relax at least 20)")

@@ -38,8 +38,9 @@ RANK_NOTE = (
     'energy 8% (random pick 16%, oracle-of-20 87%); DAO-G samples (mp20 weights, 13,800 steps) 17 / 23 / 8% '
     '(random 13%, oracle 55%), and with the shipped 32,800-step weights on 200 entries 21.0 / 33.0 / 8.0% (random '
     '16%, oracle 62%). Flow-matching weights (the default), 100 tune entries outside those 200: own order 31%, '
-    'CHGNet 44%, consensus (the structure drawn most often, CHGNet breaking ties) 46%, oracle 77%: auto ranks '
-    '--method dao-g by consensus over a pool of at least 20 samples (~1.2 s CHGNet + ~2.3 s matching per 20). '
+    'CHGNet 44%, consensus (the structure drawn most often, CHGNet breaking ties) 46%, oracle 77%; on the 200 with '
+    'the shipped weights own order 26.5%, CHGNet 43.0%, consensus 44.5%, oracle 78.5%: auto ranks --method dao-g '
+    'by consensus over a pool of at least 20 samples (~0.3 s CHGNet + ~0.5 s matching per 20 small cells). '
     'CHGNet energy after 20 FIRE steps of the 3 lowest (static CHGNet): 55% vs 65% for templates on 20 entries. '
     "Re-ranking templates costs ~1.2 s per 20 candidates plus model loading and gained nothing measurable, so auto "
     "keeps the method's order for templates and auto (DAO-G candidates come after template ones; --rank-by chgnet "

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,19 @@ def match_entry(task: dict, matcher: PairMatcher, emit: Callable[[dict], None], 
         emit(record)
 
 
+@contextmanager
+def _alarm_handler() -> Iterator[bool]:
+    """Install :func:`_on_alarm` as the SIGALRM handler for the block if this is the main thread (the only one that
+    can receive it) and restore the previous one after; yields whether per-pair time limits can be enforced."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _on_alarm) if main else None
+    try:
+        yield main
+    finally:
+        if main:
+            signal.signal(signal.SIGALRM, previous)
+
+
 def pairwise_matches(structures: list[tuple], tol: MatchTolerance | None = None, timeout: float | None = 1.0
                      ) -> np.ndarray:
     """(k, k) bool: which of ``k`` structures ``(lattice (3,3), frac (N,3), numbers (N,))`` match each other
@@ -151,29 +165,24 @@ def pairwise_matches(structures: list[tuple], tol: MatchTolerance | None = None,
     preload()
     k = len(structures)
     adj = np.zeros((k, k), dtype=bool)
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGALRM, _on_alarm) if main else None
-    limit = timeout if main else None
+    with _alarm_handler() as main:
+        limit = timeout if main else None
 
-    def guarded(fn, *args):
-        try:
-            with _TimeLimit(limit):
-                return fn(*args)
-        except PairTimeout:
-            return None
-        except Exception:  # a malformed structure matches nothing, as in match_entry
-            return None
+        def guarded(fn, *args):
+            try:
+                with _TimeLimit(limit):
+                    return fn(*args)
+            except PairTimeout:
+                return None
+            except Exception:  # a malformed structure matches nothing, as in match_entry
+                return None
 
-    try:
         keys = [composition_key(s[2]) for s in structures]
         reduced = [guarded(lambda s: matcher.prepare(to_structure(*s)), s) for s in structures]
         for a in range(k):
             for b in range(a + 1, k):
                 if reduced[a] is not None and reduced[b] is not None and keys[a] == keys[b]:
                     adj[a, b] = adj[b, a] = guarded(matcher.rms, reduced[a], reduced[b]) is not None
-    finally:
-        if main:
-            signal.signal(signal.SIGALRM, previous)
     return adj
 
 
@@ -363,10 +372,8 @@ def run_tasks(
 
 def _run_inline(tasks: Iterable[tuple[Any, dict]]) -> Iterator[tuple[Any, list[dict]]]:
     preload()
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGALRM, _on_alarm) if main else None
     matchers: dict[tuple, PairMatcher] = {}
-    try:
+    with _alarm_handler() as main:
         for key, task in tasks:
             mkey = (tuple(sorted(task["tol"].items())), task["engine"])
             if mkey not in matchers:
@@ -374,9 +381,6 @@ def _run_inline(tasks: Iterable[tuple[Any, dict]]) -> Iterator[tuple[Any, list[d
             records: list[dict] = []
             match_entry(task, matchers[mkey], records.append, use_alarm=main)
             yield key, records
-    finally:
-        if main:
-            signal.signal(signal.SIGALRM, previous)
 
 
 def _run_local(tasks: Iterable[tuple[Any, dict]], workers: int) -> Iterator[tuple[Any, list[dict]]]:

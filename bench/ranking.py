@@ -42,7 +42,7 @@ from xtalforge.evaluation.workers import pairwise_matches
 from xtalforge.ranking import (
     chgnet_energy,
     chgnet_relaxed_energy,
-    consensus_order,
+    consensus_position,
     dao_p_energy,
     method_score,
     order_of,
@@ -155,9 +155,7 @@ def values_of(rec: dict, ranking: str) -> np.ndarray:
         adj = np.zeros((k, k), dtype=bool)
         for i, js in enumerate(rec["matches"]):
             adj[i, js] = True
-        position = np.empty(k)
-        position[consensus_order(adj, arr("chgnet"))] = np.arange(k)
-        return position
+        return consensus_position(adj, arr("chgnet"))
     return arr("chgnet")
 
 

@@ -141,6 +141,13 @@ def consensus_order(matches: np.ndarray, energies: np.ndarray) -> np.ndarray:
     return np.array(leaders + repeats, dtype=np.int64)
 
 
+def consensus_position(matches: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """(k,) position of each candidate in :func:`consensus_order` (0 = best): ranking values, lower is better."""
+    position = np.empty(len(energies))
+    position[consensus_order(matches, energies)] = np.arange(len(energies))
+    return position
+
+
 def consensus(crystals: Sequence[Crystal], threads: int | None = None) -> np.ndarray:
     """(k,) position of each crystal in :func:`consensus_order` (0 = best), with the pairwise matches from
     :func:`~xtalforge.evaluation.workers.pairwise_matches` and CHGNet static energies as the tie-break.
@@ -155,9 +162,7 @@ def consensus(crystals: Sequence[Crystal], threads: int | None = None) -> np.nda
     for c, m, e in zip(crystals, matches.sum(axis=1), energies):
         c.properties["consensus_matches"] = int(m)
         c.properties["static_energy_per_atom"] = float(e) if np.isfinite(e) else None
-    position = np.empty(len(crystals))
-    position[consensus_order(matches, energies)] = np.arange(len(crystals))
-    return position
+    return consensus_position(matches, energies)
 
 
 def check_ranking(by: str) -> str:

@@ -39,6 +39,8 @@ RUNS = Path(__file__).resolve().parent.parent / "runs" / "bench_dao_g_sampler_op
 
 def rows_for(n_test: int, which: str, limit: int) -> np.ndarray:
     report = sample_indices(n_test, 200, 0)  # the model card's 200 entries
+    if which == "random":  # the rows of bench/ranking.py --n limit --seed 0 and of evaluate_csp(limit=limit)
+        return sample_indices(n_test, limit, 0)
     if which == "report":
         return report[:limit]
     rest = np.setdiff1d(np.arange(n_test), report)
@@ -58,11 +60,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", default="mp_20_biternary")
     p.add_argument("--weights", default="mp20")
-    p.add_argument("--rows", choices=["tune", "report"], default="tune")
+    p.add_argument("--rows", choices=["tune", "report", "random"], default="tune",
+                   help="random: sample_indices(len(test), limit, 0), e.g. the 100 MPTS-52 entries of its card")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--grid", default="coord_scale=1;coord_scale=1.5;coord_scale=2",
                    help="';'-separated settings, each 'option=value,...' of DAOGMethod (steps, coord_scale, eta, "
                         "anti_anneal)")
+    p.add_argument("--k", default="1,20", help="comma-separated k; the largest is the samples drawn per entry "
+                   "(e.g. 1,20,80 for bench/ranking.py --pool 80)")
+    p.add_argument("--max_atoms", type=int, default=None, help="keep only the chosen rows of at most this many "
+                   "atoms (e.g. 20 on MPTS-52, where larger cells never matched; the others count as not evaluated)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
@@ -70,20 +77,24 @@ def main() -> None:
 
     test = load_split(args.bench, "test")
     idx = rows_for(len(test), args.rows, args.limit)
+    if args.max_atoms is not None:
+        idx = idx[test.num_atoms[idx] <= args.max_atoms]
     rows_of = test.subset(idx)
     step_lr = BENCHMARKS[args.bench].step_lr
+    ks = [int(k) for k in args.k.split(",")]
     results = []
     for spec in args.grid.split(";"):
         options = {k: float(v) for k, v in (kv.split("=") for kv in spec.split(","))}
         options["steps"] = int(options.get("steps", 50))
         method = DAOGMethod(DAOG.load(args.weights), step_lr=step_lr, **options)
-        tag = "_".join(f"{k}{v:g}" for k, v in sorted(options.items()))
+        tag = "_".join(f"{k}{v:g}" for k, v in sorted(options.items())) + ("" if max(ks) == 20 else f"_k{max(ks)}")
+        tag += "" if args.max_atoms is None else f"_max{args.max_atoms}"
         out = RUNS / f"{args.bench}_{weights_tag(args.weights)}_{args.rows}{len(idx)}_{tag}"
         t0 = time.perf_counter()
-        report = evaluate_csp(method, rows_of, ks=[1, 20], out_dir=out, workers=1, progress=False)
+        report = evaluate_csp(method, rows_of, ks=ks, out_dir=out, workers=1, progress=False)
         write_test_indexed(out, idx)
         row = {"weights": args.weights, "options": options, "settings": method.settings(), "rows": args.rows,
-               "entries": len(idx), "metrics": report["results"]["metrics"],
+               "max_atoms": args.max_atoms, "entries": len(idx), "metrics": report["results"]["metrics"],
                "generation_s_per_entry": report["timings"]["generation_s_per_entry"],
                "wall_s": time.perf_counter() - t0, "run_dir": str(out)}
         results.append(row)

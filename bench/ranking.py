@@ -42,6 +42,7 @@ from xtalforge.evaluation.workers import pairwise_matches
 from xtalforge.ranking import (
     chgnet_energy,
     chgnet_relaxed_energy,
+    consensus_order,
     consensus_position,
     dao_p_energy,
     method_score,
@@ -61,8 +62,8 @@ K = 20
 STATIC_RANKINGS = ("score", "dao-p", "dao-p+plausible", "chgnet", "consensus")
 
 
-def load_candidates(source: str, rows: list[int], test, bench: str) -> dict[int, list[Crystal]]:
-    """Up to ``K`` candidates per requested test row, in the method's own order."""
+def load_candidates(source: str, rows: list[int], test, bench: str, k: int = K) -> dict[int, list[Crystal]]:
+    """Up to ``k`` candidates per requested test row, in the method's own order."""
     wanted, out = set(rows), {}
     for entry in read_jsonl(SOURCES[source]):
         i = int(entry["index"])
@@ -71,14 +72,14 @@ def load_candidates(source: str, rows: list[int], test, bench: str) -> dict[int,
                 raise SystemExit(f"{SOURCES[source]} row {i} is {entry['material_id']}, test has {test.ids[i]}")
             out[i] = [Crystal(np.array(c["lattice"]), np.array(c["frac"]), np.array(c["numbers"]),
                               {"score": c["score"] if c["score"] is not None else -np.inf}) for c in
-                      entry["candidates"][:K]]
+                      entry["candidates"][:k]]
     missing = [r for r in rows if r not in out]
     if missing and source == "template":  # generate what the stored run lacks, with the run's settings
         from xtalforge.methods import get_method
         from xtalforge.templates import benchmark_library
 
         method = get_method("template", library=benchmark_library(bench, pooled=True), dedupe=False)
-        for r, cands in zip(missing, method.generate([test.atoms_of(r).tolist() for r in missing], K, 0)):
+        for r, cands in zip(missing, method.generate([test.atoms_of(r).tolist() for r in missing], k, 0)):
             if cands:  # a template-free entry has none
                 out[r] = cands
     return out
@@ -155,7 +156,8 @@ def values_of(rec: dict, ranking: str) -> np.ndarray:
         adj = np.zeros((k, k), dtype=bool)
         for i, js in enumerate(rec["matches"]):
             adj[i, js] = True
-        return consensus_position(adj, arr("chgnet"))
+        ok = np.array(rec["plausible"], dtype=bool)  # as xtalforge.ranking.consensus: implausible match nothing
+        return consensus_position(adj & ok[:, None] & ok[None, :], arr("chgnet"))
     return arr("chgnet")
 
 
@@ -191,6 +193,36 @@ def complement(template: list[dict], generated: list[dict]) -> dict:
             "template_rank1": pct(t_hit), "dao-g_chgnet_rank1": pct(g_hit),
             "dao-g_only": pct(g_hit & ~t_hit), "template_only": pct(t_hit & ~g_hit),
             "lower_chgnet_energy_rank1": pct(rule_hit)}
+
+
+def pool_curve(static: list[dict], sizes: list[int]) -> list[dict]:
+    """Match rates (%) when only the first ``p`` candidates of each entry are drawn, for each pool size ``p``:
+    rank-1 by consensus and by CHGNet, any of the consensus top 20 (``--pool`` > 20: more samples, the 20 most
+    agreed-on distinct ones kept), and oracle-of-p. Samples are i.i.d., so a prefix is a smaller pool; an entry
+    whose sampler dropped degenerate samples ranks the fewer it has, as ``predict`` would."""
+    out = []
+    for pool in sizes:
+        r1, c1, top20, oracle, short = [], [], [], [], 0
+        for rec in static:
+            p = min(pool, rec["k"])
+            short += p < pool
+            hit = np.array([x is not None for x in rec["rms"][:p]])
+            adj = np.zeros((p, p), dtype=bool)
+            for i, js in enumerate(rec["matches"][:p]):
+                adj[i, [j for j in js if j < p]] = True
+            ok = np.array(rec["plausible"][:p], dtype=bool)
+            adj &= ok[:, None] & ok[None, :]
+            chg = np.array([np.nan if v is None else v for v in rec["chgnet"][:p]], dtype=np.float64)
+            order = consensus_order(adj, chg)
+            r1.append(hit[order[0]])
+            c1.append(hit[order_of(chg)[0]])
+            top20.append(hit[order[:20]].any())
+            oracle.append(hit.any())
+        out.append({"pool": pool, "entries": len(static), "entries_with_fewer": short,
+                    "rank1_consensus": 100.0 * float(np.mean(r1)),
+                    "rank1_chgnet": 100.0 * float(np.mean(c1)), "top20_consensus": 100.0 * float(np.mean(top20)),
+                    "oracle": 100.0 * float(np.mean(oracle))})
+    return out
 
 
 def summarize(static: list[dict], relax: list[dict]) -> dict:
@@ -235,11 +267,12 @@ def markdown(results: dict, settings: dict) -> str:
             ("chgnet", "CHGNet static"), ("consensus", "consensus (CHGNet ties)")]
     rows = ("tune rows (outside the 200 report rows)" if settings.get("rows") == "tune"
             else f"random entries seed {settings['seed']}")
-    lines = [f"Rank-1-of-{K} match rate (%), {settings['bench']} test, {rows}; "
+    lines = [f"Rank-1-of-{settings['k']} match rate (%), {settings['bench']} test, {rows}; "
              "StructureMatcher stol 0.5, angle_tol 10, ltol 0.3; chgnet-relax: relaxed structure matched "
              f"(top {settings['relax_top']} by static CHGNet, {settings['relax_steps']} FIRE steps).", "",
              "| source | entries | random pick | " + " | ".join(c for _, c in cols)
-             + " | CHGNet relaxed | oracle-of-20 | s/entry DAO-P | s/entry CHGNet | s/entry consensus matching"
+             + f" | CHGNet relaxed | oracle-of-{settings['k']} | s/entry DAO-P | s/entry CHGNet"
+             " | s/entry consensus matching"
              " | s/entry relax |",
              "|---" * (len(cols) + 9) + "|"]
     for source, block in results.items():
@@ -273,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--relax-n", type=int, default=20, help="entries (random subset of the n) for chgnet-relax")
     ap.add_argument("--relax-top", type=int, default=3, help="candidates relaxed per entry (lowest static CHGNet)")
     ap.add_argument("--relax-steps", type=int, default=20, help="FIRE steps of the short relaxation")
+    ap.add_argument("--pool", type=int, default=K, help="candidates ranked per entry (the DAO-G run must hold "
+                    "that many); above 20 the summary adds the match rates of pools of 20, 40, ... up to it")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize", action="store_true", help="only rebuild table + JSON from the per-entry files")
     ap.add_argument("--dao-g-candidates", default=None,
@@ -298,12 +333,14 @@ def main(argv: list[str] | None = None) -> None:
                                        f"{args.bench}_n{args.n}_s{args.seed}")
     if args.dao_g_candidates:  # another run's samples must not resume into the default run's files
         run = run.with_name(f"{run.name}_{SOURCES['dao-g'].parent.name}")
+    if args.pool != K:
+        run = run.with_name(f"{run.name}_pool{args.pool}")
     sources = args.sources.split(",")
     tol = MatchTolerance()
     files = {s: (run / f"{s}_static.jsonl", run / f"{s}_relax.jsonl") for s in sources}
     wall = time.perf_counter()
     if not args.summarize:
-        cands = {s: load_candidates(s, rows, test, args.bench) for s in sources}
+        cands = {s: load_candidates(s, rows, test, args.bench, args.pool) for s in sources}
         for s in sources:  # pass 1: the cheap rankings on every entry
             done = _resume(files[s][0])
             with open(files[s][0], "a") as fh:
@@ -325,21 +362,27 @@ def main(argv: list[str] | None = None) -> None:
     for s in sources:
         relax = [rec for rec in read_jsonl(files[s][1]) if rec["index"] in wanted_relax]
         results[s] = summarize(static[s], relax)
+        if args.pool > K:
+            results[s]["pool_curve"] = pool_curve(static[s], list(range(K, args.pool, K)) + [args.pool])
     both = complement(static["template"], static["dao-g"]) if {"template", "dao-g"} <= set(sources) else None
-    settings = {"bench": args.bench, "split": "test", "rows": args.rows, "n": args.n, "seed": args.seed, "k": K,
+    settings = {"bench": args.bench, "split": "test", "rows": args.rows, "n": args.n, "seed": args.seed, "k": args.pool,
                 "sources":
                 {s: str(SOURCES[s].relative_to(ROOT)) for s in sources}, "relax_n": args.relax_n,
                 "relax_top": args.relax_top, "relax_steps": args.relax_steps, "relax_fmax": 0.1,
                 "relax_preselect": "lowest static CHGNet energy", "threads": args.threads,
                 "tolerance": tol.as_dict(), "dao_p_weights": "dao_p_energy_mp20.pt (formation energy label)",
                 "run_dir": str(run.relative_to(ROOT)),
-                "timing_note": "wall seconds per entry (20 candidates), 1 torch thread, shared 2-core CPU at load ~7"}
+                "timing_note": "wall seconds per entry (--pool candidates), 1 torch thread, shared 2-core CPU"}
     report = {"settings": settings, "data": {"test_rows": len(test), "entries_sampled": len(rows),
                                              "relax_entries_sampled": len(relax_rows)},
               "results": results, "template_vs_dao-g_at_k1": both,
               "wall_s_this_call": time.perf_counter() - wall, "versions": package_versions()}
     write_json(out, report)
     print(markdown(results, settings))
+    for s, block in results.items():
+        for row in block.get("pool_curve", []):
+            rates = ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.startswith(("rank1", "top20", "oracle")))
+            print(f"{s} pool {row['pool']}: {rates} ({row['entries']} entries)")
     if both:
         print("\nk=1, template rank-1 vs DAO-G CHGNet rank-1 (%):",
               ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in both.items()))

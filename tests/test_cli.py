@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from xtalforge.cli import main
+from xtalforge.prediction import GENERATOR_POOL
 
 
 @pytest.mark.parametrize(
@@ -98,10 +99,10 @@ def test_run_json_names_the_weights_of_generated_candidates(tmp_path):
 
     for extra, name in (([], "mp20_flow"), (["--weights", "mp20"], "mp20")):
         out = tmp_path / name
-        argv = ["predict", "NaCl", "--method", "dao-g", "--n", "2", "--steps", "3", "--out", str(out), *extra]
+        argv = ["predict", "NaCl", "--method", "dao-g", "--n", "2", "--steps", "10", "--out", str(out), *extra]
         assert main(argv) == 0
         run = json.loads((out / "run.json").read_text())
         assert [c["weights"] for c in run["candidates"]] == [name, name]
-        assert [c["ranked_among"] for c in run["candidates"]] == [20, 20]  # the best 2 of a pool of 20
+        assert [c["ranked_among"] for c in run["candidates"]] == [GENERATOR_POOL] * 2  # the best 2 of the pool
         assert all(c["rank_by"] == "consensus" and c["consensus_matches"] is not None for c in run["candidates"])
         assert run["settings"]["weights"] == (extra[1] if extra else None)

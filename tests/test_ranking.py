@@ -130,20 +130,22 @@ def test_predict_rank_by_orders_by_the_named_energy():
     assert sorted(c.crystal.volume for c in by_dao_p) == sorted(c.crystal.volume for c in default)
 
 
-def test_dao_g_alone_is_ranked_by_consensus_over_a_pool_of_20():
+def test_dao_g_alone_is_ranked_by_consensus_over_a_pool():
     import xtalforge
+    from xtalforge.prediction import GENERATOR_POOL
 
     default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10)
     assert len(default) == 4 and all(c.info["rank_by"] == "consensus" for c in default)
-    assert [c.info["rank_value"] for c in default] == [0, 1, 2, 3]  # positions in the consensus order of 20
-    assert all(c.info["ranked_among"] == 20 for c in default)
+    assert [c.info["rank_value"] for c in default] == [0, 1, 2, 3]  # positions in the consensus order of the pool
+    assert all(c.info["ranked_among"] == GENERATOR_POOL for c in default)
     matches = [c.info["consensus_matches"] for c in default]
-    assert matches[0] == max(matches) and all(0 <= m <= 19 for m in matches)
+    assert matches[0] == max(matches) and all(0 <= m < GENERATOR_POOL for m in matches)
     assert any(c.static_energy_per_atom is not None for c in default)  # the tie-break is shown
 
 
-def test_dao_g_rank_by_chgnet_returns_the_lowest_energies_of_a_pool_of_20():
+def test_dao_g_rank_by_chgnet_returns_the_lowest_energies_of_the_pool():
     import xtalforge
+    from xtalforge.prediction import GENERATOR_POOL
     from xtalforge.ranking import chgnet_energy
 
     default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10, rank_by="chgnet")
@@ -152,9 +154,9 @@ def test_dao_g_rank_by_chgnet_returns_the_lowest_energies_of_a_pool_of_20():
     finite = [v for v in values if v is not None]
     assert finite == sorted(finite) and values[: len(finite)] == finite  # NaN (unevaluable) last
     np.testing.assert_allclose(finite, chgnet_energy([c.crystal for c in default])[: len(finite)], atol=1e-4)
-    # the same seed's 20 samples in the sampler's order: the 4 returned are their 4 lowest energies
-    pool = xtalforge.predict("Ga2Te2", n=20, method="dao-g", steps=10, rank_by="score")
-    assert len(pool) == 20 and all(c.info["rank_by"] == "score" for c in pool)
+    # the same seed's samples in the sampler's order: the 4 returned are their 4 lowest energies
+    pool = xtalforge.predict("Ga2Te2", n=GENERATOR_POOL, method="dao-g", steps=10, rank_by="score")
+    assert len(pool) == GENERATOR_POOL and all(c.info["rank_by"] == "score" for c in pool)
     pool_e = chgnet_energy([c.crystal for c in pool])
     np.testing.assert_allclose(finite, np.sort(pool_e[np.isfinite(pool_e)])[: len(finite)], atol=1e-4)
     with pytest.raises(XtalforgeError, match=r"pool \(2\) must be at least n \(4\)"):

@@ -75,6 +75,7 @@ def _rank_note() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     import xtalforge
+    from xtalforge.prediction import GENERATOR_POOL
 
     parser = argparse.ArgumentParser(prog="xtalforge", description="Crystal structure prediction on a laptop CPU.")
     parser.add_argument("--version", action="version", version=f"xtalforge {xtalforge.__version__}")
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "method's order, CHGNet energy with --relax chgnet, consensus for --method dao-g. " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, the best --n "
-                   "returned (default --n; for --method dao-g without --relax at least 20)")
+                   f"returned (default --n; for --method dao-g without --relax at least {GENERATOR_POOL})")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
     _add_weights(p)
     _add_guidance(p)

@@ -29,8 +29,11 @@ DEFAULT_RANK_BY = "score"
 #: ``rank_by="auto"`` for ``method="dao-g"``: its samples' own score ranks them worse than CHGNet energy does, and
 #: consensus (CHGNet breaking ties) at least as well as CHGNet alone (see :data:`RANK_NOTE`).
 GENERATOR_RANK_BY = "consensus"
-#: ``method="dao-g"`` draws at least this many samples and returns the best ``n`` (see ``predict(pool=...)``).
-GENERATOR_POOL = 20
+#: ``method="dao-g"`` draws at least this many samples and returns the best ``n`` (see ``predict(pool=...)``):
+#: chosen on 100 MP-20 tune entries (consensus rank-1 of pools of 20 / 40 / 60 / 80 samples 45 / 46 / 52 / 50%,
+#: the consensus top 20 of them 75 / 84 / 79 / 83%, ``bench/results/ranking_mp20_tune_pool80.json``), confirmed on
+#: the 200 report entries (20 / 60: rank-1 41.5 / 49.5%, top 20 75.0 / 81.0%, ``ranking_mp20_pool60.json``).
+GENERATOR_POOL = 60
 #: The measurement behind :data:`DEFAULT_RANK_BY` (also shown by ``xtalforge predict --help``).
 RANK_NOTE = (
     'Measured by bench/ranking.py (100 random MP-20 bi/ternary test entries, 20 candidates each): rank-1 match of '
@@ -40,7 +43,8 @@ RANK_NOTE = (
     '16%, oracle 62%). Flow-matching weights (the default), 100 tune entries outside those 200: own order 31%, '
     'CHGNet 44%, consensus (the structure drawn most often, CHGNet breaking ties) 46%, oracle 77%; on the 200 with '
     'the shipped weights own order 26.5%, CHGNet 43.0%, consensus 44.5%, oracle 78.5%: auto ranks --method dao-g '
-    'by consensus over a pool of at least 20 samples (~0.3 s CHGNet + ~0.5 s matching per 20 small cells). '
+    'by consensus over a pool of at least 60 samples (consensus rank-1 of a pool of 20 / 60: 45 / 52% on those 100 '
+    'tune entries, 41.5 / 49.5% on the 200; ~2.4 s CHGNet + ~7 s matching per 60 MP-20 cells beside other jobs). '
     'CHGNet energy after 20 FIRE steps of the 3 lowest (static CHGNet): 55% vs 65% for templates on 20 entries. '
     "Re-ranking templates costs ~1.2 s per 20 candidates plus model loading and gained nothing measurable, so auto "
     "keeps the method's order for templates and auto (DAO-G candidates come after template ones; --rank-by chgnet "

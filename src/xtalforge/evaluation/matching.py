@@ -126,6 +126,13 @@ class PairMatcher:
             return self.matcher.get_rms_dist(candidate, target)
         return rms_dist_reduced(candidate, target, self.tol)
 
+    def matches(self, candidate: Any, target: Any) -> bool:
+        """Whether :meth:`rms` would return a match, decided at the first mapping within ``stol`` (the same answer,
+        several times cheaper on high-symmetry cells; for duplicate and consensus checks)."""
+        if self.engine == "pymatgen":
+            return self.matcher.get_rms_dist(candidate, target) is not None
+        return rms_dist_reduced(candidate, target, self.tol, first=True) is not None
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The fast engine. Names follow pymatgen's StructureMatcher: struct1 = candidate, struct2 = target, fu = 1.

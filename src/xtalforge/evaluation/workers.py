@@ -182,7 +182,7 @@ def pairwise_matches(structures: list[tuple], tol: MatchTolerance | None = None,
         for a in range(k):
             for b in range(a + 1, k):
                 if reduced[a] is not None and reduced[b] is not None and keys[a] == keys[b]:
-                    adj[a, b] = adj[b, a] = guarded(matcher.rms, reduced[a], reduced[b]) is not None
+                    adj[a, b] = adj[b, a] = bool(guarded(matcher.matches, reduced[a], reduced[b]))
     return adj
 
 

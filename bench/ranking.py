@@ -141,6 +141,17 @@ def relax_record(test, row: int, cands: list[Crystal], static: dict, tol: MatchT
             "seconds": {"chgnet-relax": t_relax, "match": time.perf_counter() - t}}
 
 
+def consensus_matches(rec: dict, p: int | None = None) -> np.ndarray:
+    """(p, p) bool matches among the first ``p`` (default all) candidates of a static record, implausible
+    candidates matching nothing, as in :func:`xtalforge.ranking.consensus`."""
+    p = len(rec["rms"]) if p is None else p
+    adj = np.zeros((p, p), dtype=bool)
+    for i, js in enumerate(rec["matches"][:p]):
+        adj[i, [j for j in js if j < p]] = True
+    ok = np.array(rec["plausible"][:p], dtype=bool)
+    return adj & ok[:, None] & ok[None, :]
+
+
 def values_of(rec: dict, ranking: str) -> np.ndarray:
     def arr(key: str) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in rec[key]], dtype=np.float64)
@@ -152,12 +163,7 @@ def values_of(rec: dict, ranking: str) -> np.ndarray:
     if ranking == "dao-p+plausible":
         return np.where(rec["plausible"], arr("dao_p"), np.nan)
     if ranking == "consensus":  # the position in consensus_order (matches of the other candidates, then CHGNet)
-        k = len(rec["rms"])
-        adj = np.zeros((k, k), dtype=bool)
-        for i, js in enumerate(rec["matches"]):
-            adj[i, js] = True
-        ok = np.array(rec["plausible"], dtype=bool)  # as xtalforge.ranking.consensus: implausible match nothing
-        return consensus_position(adj & ok[:, None] & ok[None, :], arr("chgnet"))
+        return consensus_position(consensus_matches(rec), arr("chgnet"))
     return arr("chgnet")
 
 
@@ -207,13 +213,8 @@ def pool_curve(static: list[dict], sizes: list[int]) -> list[dict]:
             p = min(pool, rec["k"])
             short += p < pool
             hit = np.array([x is not None for x in rec["rms"][:p]])
-            adj = np.zeros((p, p), dtype=bool)
-            for i, js in enumerate(rec["matches"][:p]):
-                adj[i, [j for j in js if j < p]] = True
-            ok = np.array(rec["plausible"][:p], dtype=bool)
-            adj &= ok[:, None] & ok[None, :]
             chg = np.array([np.nan if v is None else v for v in rec["chgnet"][:p]], dtype=np.float64)
-            order = consensus_order(adj, chg)
+            order = consensus_order(consensus_matches(rec, p), chg)
             r1.append(hit[order[0]])
             c1.append(hit[order_of(chg)[0]])
             top20.append(hit[order[:20]].any())

@@ -74,6 +74,12 @@ class WithoutTargetKey(CSPMethod):
 
 
 def make_method(name: str, library):
+    if name.endswith("-own-order"):  # the pipeline with its generated slots in the samples' own order (before)
+        return _make(name.removesuffix("-own-order"), library, generator_pool=1)
+    return _make(name, library)
+
+
+def _make(name: str, library, **auto_kwargs):
     if name == "template":
         return get_method("template", library=library)
     if name == "redecorate":
@@ -81,13 +87,13 @@ def make_method(name: str, library):
     if name.startswith("redecorate-"):  # redecorate-N: at most N candidates evaluated by CHGNet (default 1000)
         return get_method("redecorate", library=library, max_candidates=int(name.split("-")[1]))
     if name == "auto":
-        return get_method("auto", library=library)
+        return get_method("auto", library=library, **auto_kwargs)
     if name == "auto-without":
-        return get_method("auto", library=library, redecorate_candidates=0)
+        return get_method("auto", library=library, redecorate_candidates=0, **auto_kwargs)
     if name == "auto-short":  # what `auto` does by default since 2026-12-02
-        return get_method("auto", library=library, redecorate_short_lists=True)
+        return get_method("auto", library=library, redecorate_short_lists=True, **auto_kwargs)
     if name == "auto-no-short":  # `auto` before: re-decorated templates only for template-free targets
-        return get_method("auto", library=library, redecorate_short_lists=False)
+        return get_method("auto", library=library, redecorate_short_lists=False, **auto_kwargs)
     raise SystemExit(f"unknown method {name}")
 
 

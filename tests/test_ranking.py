@@ -111,6 +111,20 @@ def test_rank_by_consensus_records_why(polymorphs):
     assert cands[1].properties["static_energy_per_atom"] == pytest.approx(chgnet_energy([c])[0], abs=1e-4)
 
 
+def test_consensus_leaders_pass_over_samples_another_method_already_offers(polymorphs):
+    from xtalforge.ranking import consensus_leaders
+
+    c, other = polymorphs
+    copies = [c, Crystal(c.lattice, (c.frac_coords + 0.25) % 1.0, c.numbers), expanded(c, 1.2)]
+    pool = [other, *copies]
+    # alone, the structure drawn three times leads; with c already offered, the polymorph leads and its copies follow
+    assert consensus_leaders(pool, 1)[0] is not other
+    leaders = consensus_leaders(pool, 2, exclude=[Crystal(c.lattice, c.frac_coords, c.numbers)])
+    assert leaders[0] is other and leaders[1] in copies
+    assert [x.properties["consensus_matches"] for x in pool] == [0, 2, 2, 2]
+    assert len(consensus_leaders(pool, 10)) == 4 and consensus_leaders([], 3) == []
+
+
 def test_unknown_ranking_is_an_error(val_crystals):
     with pytest.raises(XtalforgeError, match="unknown ranking 'oracle'"):
         rank(val_crystals, by="oracle")

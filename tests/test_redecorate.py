@@ -9,6 +9,7 @@ from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import PairMatcher
 from xtalforge.methods import get_method
+from xtalforge.prediction import GENERATOR_POOL
 from xtalforge.templates import RedecoratedTemplates, TemplateLibrary
 
 
@@ -81,6 +82,9 @@ def test_auto_takes_redecorated_template_and_generated_candidates_in_turn_for_te
     assert scores == sorted(scores, reverse=True), "scores decrease down the list"
     assert all(sorted(c.numbers.tolist()) == sorted(cell) for c in row)
     assert "redecorator_settings" in auto.settings()
+    # the generated slots are consensus leaders of a pool of samples, as --method dao-g ranks them
+    assert auto.settings()["generator_pool"] == GENERATOR_POOL
+    assert all(c.properties["consensus_matches"] is not None for c in row if c.properties["method"] == "dao-g")
 
 
 def test_auto_can_fill_short_template_lists_with_redecorated_and_generated_candidates_in_turn() -> None:

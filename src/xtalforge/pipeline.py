@@ -100,6 +100,11 @@ class TemplatesThenGenerator(CSPMethod):
       val-loo). Without a ``redecorator``, template candidates alternate with generator samples (half each).
       Measured on the MP-20 bi/ternary test entries absent from the pooled library: bench/results/redecorate.json.
 
+    The generated candidates are the most agreed-on distinct structures of a pool of ``generator_pool`` samples that
+    match no template or re-decorated candidate of the list (ranked as ``--method dao-g`` ranks; a pool of 1: the
+    samples in their own order). Where a template exists, no sample is spent on its list: DAO-G's votes on template
+    candidates lowered k=1 (bench/template_votes.py).
+
     The generator is created on first use (``generator_factory()``), so a composition that templates fill never loads
     the network. Targets with more atoms than the generator allows get no generated candidates.
     """
@@ -107,8 +112,10 @@ class TemplatesThenGenerator(CSPMethod):
     name = "auto"
 
     def __init__(self, templates: CSPMethod, generator_factory, generator_name: str = "dao-g",
-                 redecorator: CSPMethod | None = None, redecorate_short_lists: bool = False) -> None:
+                 redecorator: CSPMethod | None = None, redecorate_short_lists: bool = False,
+                 generator_pool: int = 1) -> None:
         self.templates = templates
+        self.generator_pool = generator_pool
         self.generator_factory = generator_factory
         self.generator_name = generator_name
         self.redecorator = redecorator
@@ -131,6 +138,8 @@ class TemplatesThenGenerator(CSPMethod):
             out["template_free_policy"] = "alternate redecorated / template / generated"
             out["short_list_policy"] = ("templates, then redecorated / generated in turn" if self.redecorate_short_lists
                                         else "templates, then generated")
+        out["generator_pool"] = self.generator_pool
+        out["generated_order"] = "consensus, new structures first" if self.generator_pool > 1 else "own score"
         return out
 
     def _has_template(self, cell: Sequence[int]) -> bool:
@@ -146,6 +155,16 @@ class TemplatesThenGenerator(CSPMethod):
             return min(n_templates, n - n // 2), 0
         keep = min(n_templates, n - 2 * (n // 3))
         return keep, n - keep - n // 3
+
+    def _best_generated(self, pool: list[Crystal], k: int, offered: list[Crystal]) -> list[Crystal]:
+        """``k`` of the generator's samples: with a pool, its most agreed-on distinct structures that match none of
+        the candidates ``offered`` already (:func:`~xtalforge.ranking.consensus_leaders`), else by the samples'
+        own score."""
+        if self.generator_pool <= 1:
+            return sorted(pool, key=lambda c: -float(c.properties.get("score", 0.0)))[:k]
+        from xtalforge.ranking import consensus_leaders
+
+        return consensus_leaders(pool, k, exclude=offered)
 
     def _merge(self, templates: list[Crystal], redecorated: list[Crystal], generated: list[Crystal],
                free: bool) -> list[Crystal]:
@@ -185,12 +204,13 @@ class TemplatesThenGenerator(CSPMethod):
         if wanted:  # only then is the generator loaded
             gen = self.generator
             wanted = [i for i in wanted if len(targets[i]) <= gen.max_atoms]
-            # one batched generator call for every missing slot: each cell repeated once per sample it needs
-            cells = [list(targets[i]) for i in wanted for _ in range(missing[i])]
+            # one batched generator call: each cell repeated once per sample of its pool
+            drawn = {i: max(missing[i], self.generator_pool) for i in wanted}
+            cells = [list(targets[i]) for i in wanted for _ in range(drawn[i])]
             samples = iter(gen.sample_cells(cells, seed) if cells else [])
             for i in wanted:
-                generated[i] = [s for s in (next(samples) for _ in range(missing[i])) if s is not None]
-                generated[i].sort(key=lambda c: -float(c.properties.get("score", 0.0)))
+                pool = [s for s in (next(samples) for _ in range(drawn[i])) if s is not None]
+                generated[i] = self._best_generated(pool, missing[i], out[i][: shares[i][0]] + redecorated[i])
         return [self._merge(out[i][: shares[i][0]], redecorated[i], generated[i], free[i]) for i in range(len(targets))]
 
     def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
@@ -205,19 +225,22 @@ class TemplatesThenGenerator(CSPMethod):
                 pass
         if keep + len(redecorated) >= n:
             return self._merge(crystals[:keep], redecorated, [], free)
+        want = n - keep - len(redecorated)
         try:
-            extra = self.generator.predict_target(target, n - keep - len(redecorated), seed)
+            pool = self.generator.predict_target(target, max(want, self.generator_pool), seed)
         except AtomLimitError:  # the generator's cells are smaller than this composition needs
-            extra = []
-        return self._merge(crystals[:keep], redecorated, extra, free)
+            pool = []
+        generated = self._best_generated(pool, want, crystals[:keep] + redecorated)
+        return self._merge(crystals[:keep], redecorated, generated, free)
 
 
 @register("auto")
 def _make_auto(library=None, weights: str | None = None, steps: int | None = None, sampler: str | None = None,
                device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0,
-               redecorate_candidates: int = 1000, redecorate_short_lists: bool = True) -> TemplatesThenGenerator:
+               redecorate_candidates: int = 1000, redecorate_short_lists: bool = True,
+               generator_pool: int | None = None) -> TemplatesThenGenerator:
     """``get_method("auto", library=..., weights=..., steps=None, sampler=None, device="cpu", guidance=0.0,
-    redecorate_candidates=1000, redecorate_short_lists=True)``.
+    redecorate_candidates=1000, redecorate_short_lists=True, generator_pool=GENERATOR_POOL)``.
 
     The generator is DAO-G with ``weights``, by default the MP-20 weights alone, so only cells of <= 20 atoms get
     generated candidates: the 21-52-atom weights (``weights="mpts52"``) matched none of 60 sampled MPTS-52 test
@@ -226,8 +249,13 @@ def _make_auto(library=None, weights: str | None = None, steps: int | None = Non
     re-decorated templates from the same library, at most ``redecorate_candidates`` of them evaluated by CHGNet
     (0: none, templates and samples alternate as before), and so do targets with fewer than ``n`` template candidates
     (``redecorate_short_lists``): on the 124 MP-20 bi/ternary test entries whose short template lists match nothing,
-    k=20 7.3% -> 30.6% (bench/redecorate.py --split test-short), at ~25 CPU-s per such target.
+    k=20 7.3% -> 30.6% (bench/redecorate.py --split test-short), at ~25 CPU-s per such target. The generated slots
+    take the most agreed-on distinct structures of a pool of ``generator_pool`` samples that no other candidate of
+    the list matches (:func:`~xtalforge.ranking.consensus_leaders`, as ``--method dao-g`` ranks; 1: the first samples
+    by their own score, as before).
     """
+    from xtalforge.prediction import GENERATOR_POOL
+
     templates = get_method("template", library=library)
     redecorator = None
     if redecorate_candidates > 0:
@@ -240,4 +268,5 @@ def _make_auto(library=None, weights: str | None = None, steps: int | None = Non
                           device=device, step_lr=step_lr, guidance=guidance)
 
     return TemplatesThenGenerator(templates, generator, redecorator=redecorator,
-                                  redecorate_short_lists=redecorate_short_lists)
+                                  redecorate_short_lists=redecorate_short_lists,
+                                  generator_pool=GENERATOR_POOL if generator_pool is None else generator_pool)

@@ -149,27 +149,58 @@ def consensus_position(matches: np.ndarray, energies: np.ndarray) -> np.ndarray:
     return position
 
 
-def consensus(crystals: Sequence[Crystal], threads: int | None = None) -> np.ndarray:
-    """(k,) position of each crystal in :func:`consensus_order` (0 = best), with the pairwise matches from
-    :func:`~xtalforge.evaluation.workers.pairwise_matches` and CHGNet static energies as the tie-break.
-
-    Candidates that are not :func:`plausible` match nothing: they should not win a vote, and the skewed cells of
-    a failed sample can take a second per pair to reduce, which in a pool of 60 adds up to minutes.
-
-    Records ``consensus_matches`` (how many others each matches) and ``static_energy_per_atom`` (CHGNet eV/atom or
-    None) in every crystal's ``properties``, so an output shows why it was ranked where it is.
-    """
+def plausible_matches(crystals: Sequence[Crystal]) -> np.ndarray:
+    """(k, k) bool: which crystals match each other (:func:`~xtalforge.evaluation.workers.pairwise_matches`, benchmark
+    tolerances, diagonal False); crystals that are not :func:`plausible` match nothing: they should not win a vote,
+    and the skewed cells of a failed sample can take a second per pair to reduce, which in a pool of 60 adds up to
+    minutes."""
     from xtalforge.evaluation.workers import pairwise_matches
 
-    energies = chgnet_energy(crystals, threads=threads)
     ok = [i for i, c in enumerate(crystals) if plausible(c)]
     matches = np.zeros((len(crystals), len(crystals)), dtype=bool)
     matches[np.ix_(ok, ok)] = pairwise_matches([(crystals[i].lattice, crystals[i].frac_coords, crystals[i].numbers)
                                                 for i in ok])
+    return matches
+
+
+def _record_votes(crystals: Sequence[Crystal], matches: np.ndarray, energies: np.ndarray) -> None:
+    """``consensus_matches`` (how many others each matches) and ``static_energy_per_atom`` (CHGNet eV/atom or None)
+    in every crystal's ``properties``, so an output shows why it was ranked where it is."""
     for c, m, e in zip(crystals, matches.sum(axis=1), energies):
         c.properties["consensus_matches"] = int(m)
         c.properties["static_energy_per_atom"] = float(e) if np.isfinite(e) else None
+
+
+def consensus(crystals: Sequence[Crystal], threads: int | None = None) -> np.ndarray:
+    """(k,) position of each crystal in :func:`consensus_order` (0 = best), with the matches of
+    :func:`plausible_matches` and CHGNet static energies as the tie-break; records each crystal's votes and energy in
+    its ``properties`` (``consensus_matches``, ``static_energy_per_atom``)."""
+    energies = chgnet_energy(crystals, threads=threads)
+    matches = plausible_matches(crystals)
+    _record_votes(crystals, matches, energies)
     return consensus_position(matches, energies)
+
+
+def consensus_leaders(pool: Sequence[Crystal], k: int, exclude: Sequence[Crystal] = (),
+                      threads: int | None = None) -> list[Crystal]:
+    """Up to ``k`` crystals of ``pool`` (samples of a generator) in :func:`consensus_order`, the most agreed-on
+    distinct structures first, passing over the samples that match a crystal of ``exclude`` (candidates another
+    method already offers) or are not :func:`plausible`; those fill the list only if the others run out.
+
+    Votes are counted among the pool's samples alone (``exclude`` only removes); each returned crystal's
+    ``properties`` records its votes and CHGNet energy as :func:`consensus` does.
+    """
+    pool, exclude = list(pool), list(exclude)
+    if not pool or k < 1:
+        return []
+    energies = chgnet_energy(pool, threads=threads)
+    matches = plausible_matches(exclude + pool)
+    votes, ne = matches[len(exclude):, len(exclude):], len(exclude)
+    _record_votes(pool, votes, energies)
+    passed = matches[ne:, :ne].any(axis=1) | ~np.array([plausible(c) for c in pool], dtype=bool)
+    order = consensus_order(votes, energies)
+    order = [j for j in order if not passed[j]] + [j for j in order if passed[j]]
+    return [pool[j] for j in order[:k]]
 
 
 def check_ranking(by: str) -> str:

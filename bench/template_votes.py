@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from dao_g_sampler_options import rows_for  # noqa: I001  (sibling scripts)
-from ranking import match
+from ranking import consensus_matches, match
 
 from xtalforge.crystal import Crystal
 from xtalforge.data.protocol import load_split
@@ -87,36 +87,31 @@ def record(test, row: int, templates: list[Crystal], pool: list[Crystal], tol: M
             "matches": [np.flatnonzero(a).tolist() for a in adj], "seconds": time.perf_counter() - t}
 
 
-def pool_consensus(rec: dict) -> np.ndarray:
-    """The pool's consensus order (indices into the pool), as ``predict --method dao-g`` ranks it."""
-    nt, n = rec["n_template"], rec["n_template"] + rec["n_pool"]
-    adj = np.zeros((n, n), dtype=bool)
-    for i, js in enumerate(rec["matches"]):
-        adj[i, js] = True
+def pool_consensus(rec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The record's (n, n) match matrix over templates + pool and the pool's consensus order (indices into the
+    pool), as ``predict --method dao-g`` ranks it; computed once per record for every policy."""
+    nt = rec["n_template"]
+    adj = consensus_matches(rec)
     energy = np.array([np.inf if e is None else e for e in rec["chgnet"][nt:]], dtype=np.float64)
-    return consensus_order(adj[nt:, nt:], energy)
+    return adj, consensus_order(adj[nt:, nt:], energy)
 
 
-def policy_list(rec: dict, m: float, c: float, r: int, k: int = K) -> list[int]:
-    """Union indices of the first ``k`` candidates under the policy (m, c, r) of the module docstring."""
-    nt, n = rec["n_template"], rec["n_template"] + rec["n_pool"]
-    adj = np.zeros((n, n), dtype=bool)
-    for i, js in enumerate(rec["matches"]):
-        adj[i, js] = True
+def policy_list(rec: dict, adj: np.ndarray, order: np.ndarray, m: float, c: float, r: int, k: int = K) -> list[int]:
+    """Union indices of the first ``k`` candidates under the policy (m, c, r) of the module docstring, given the
+    record's :func:`pool_consensus`."""
+    nt = rec["n_template"]
     votes = adj[:nt, nt:].sum(axis=1)
     counted = np.where(votes >= m, votes, 0)
     templates = sorted(range(nt), key=lambda i: (-counted[i], i))
     pool_adj = adj[nt:, nt:]
-    energy = np.array([np.inf if e is None else e for e in rec["chgnet"][nt:]], dtype=np.float64)
-    order, covered, leaders = consensus_order(pool_adj, energy), np.zeros(n - nt, dtype=bool), []
+    covered, leaders = np.zeros(len(pool_adj), dtype=bool), []
     for j in order:  # the distinct structures of the pool, most agreed-on first, that no template candidate is
         if not covered[j] and not adj[nt + j, :nt].any() and rec["plausible"][nt + j]:
             leaders.append(int(j))
         covered |= pool_adj[j]
         covered[j] = True
-    support = pool_adj.sum(axis=1)
     first = []
-    if leaders and (not counted.any()) and support[leaders[0]] >= c:
+    if leaders and (not counted.any()) and pool_adj[leaders[0]].sum() >= c:
         first = [nt + leaders.pop(0)]
     new = [nt + j for j in leaders]
     keep = k - len(first) - min(r, len(new))
@@ -127,20 +122,21 @@ def summarize(records: list[dict]) -> dict:
     def rate(hits: list[bool]) -> float:
         return 100.0 * float(np.mean(hits)) if hits else float("nan")
 
+    views = [pool_consensus(rec) for rec in records]
     grid = []
     for m, c, r in itertools.product(M_GRID, C_GRID, R_GRID):
-        lists = [policy_list(rec, m, c, r) for rec in records]
+        lists = [policy_list(rec, *view, m, c, r) for rec, view in zip(records, views)]
         k1 = [bool(ls) and rec["rms"][ls[0]] is not None for rec, ls in zip(records, lists)]
         k20 = [any(rec["rms"][i] is not None for i in ls) for rec, ls in zip(records, lists)]
         grid.append({"m": None if np.isinf(m) else int(m), "c": None if np.isinf(c) else int(c), "r": r,
                      "k1": rate(k1), "k20": rate(k20), "hits_k1": [rec["index"] for rec, h in zip(records, k1) if h],
                      "hits_k20": [rec["index"] for rec, h in zip(records, k20) if h]})
-    alone = [policy_list(rec, np.inf, np.inf, 0)[: rec["n_template"]] for rec in records]
+    alone = [policy_list(rec, *view, np.inf, np.inf, 0)[: rec["n_template"]] for rec, view in zip(records, views)]
     alone_k1 = [bool(ls) and rec["rms"][ls[0]] is not None for rec, ls in zip(records, alone)]
     nt = [rec["n_template"] for rec in records]
-    pooled = [rec for rec in records if rec["n_pool"]]
-    pool_k1 = [rec["rms"][rec["n_template"] + pool_consensus(rec)[0]] is not None for rec in pooled]
-    pool_k20 = [any(rec["rms"][rec["n_template"] + j] is not None for j in pool_consensus(rec)[:K]) for rec in pooled]
+    pooled = [(rec, order) for rec, (_, order) in zip(records, views) if rec["n_pool"]]
+    pool_k1 = [rec["rms"][rec["n_template"] + order[0]] is not None for rec, order in pooled]
+    pool_k20 = [any(rec["rms"][rec["n_template"] + j] is not None for j in order[:K]) for rec, order in pooled]
     oracle_t = [any(x is not None for x in rec["rms"][: rec["n_template"]]) for rec in records]
     oracle_all = [any(x is not None for x in rec["rms"]) for rec in records]
     return {"entries": len(records), "entries_without_templates": int(sum(n == 0 for n in nt)),
@@ -182,7 +178,8 @@ def main() -> None:
         part, parts = map(int, args.part.split("/"))
         mine = rows[part::parts]
         path = run / f"records_{part}.jsonl"
-        done = set().union(*(_resume(f) for f in files)) | _resume(path)
+        # only this part's file may be repaired; another part may be appending to its own right now
+        done = {rec["index"] for f in files if f != path for rec in read_jsonl(f)} | _resume(path)
         todo = [r for r in mine if r not in done]
         pools = pool_of(source, todo, test, args.pool)
         method = get_method("template")

@@ -195,7 +195,8 @@ def consensus_leaders(pool: Sequence[Crystal], k: int, exclude: Sequence[Crystal
         return []
     energies = chgnet_energy(pool, threads=threads)
     matches = plausible_matches(exclude + pool)
-    votes, ne = matches[len(exclude):, len(exclude):], len(exclude)
+    ne = len(exclude)
+    votes = matches[ne:, ne:]
     _record_votes(pool, votes, energies)
     passed = matches[ne:, :ne].any(axis=1) | ~np.array([plausible(c) for c in pool], dtype=bool)
     order = consensus_order(votes, energies)

@@ -7,7 +7,15 @@ import pytest
 
 from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
-from xtalforge.ranking import chgnet_energy, consensus_order, dao_p_energy, order_of, plausible, rank
+from xtalforge.ranking import (
+    chgnet_energy,
+    consensus_order,
+    dao_p_energy,
+    leaders_first,
+    order_of,
+    plausible,
+    rank,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +85,8 @@ def test_consensus_order_puts_the_most_drawn_structure_first_and_repeats_last():
     assert consensus_order(matches, energy).tolist() == [4, 2, 5, 1, 3, 0]
     # no matches at all: the energy order
     assert consensus_order(np.zeros((3, 3), bool), np.array([0.0, -1.0, 0.5])).tolist() == [1, 0, 2]
+    # any preference (e.g. votes traded against energy) keeps one candidate per structure ahead of the repeats
+    assert leaders_first(np.array([3, 0, 2, 1, 4, 5]), matches).tolist() == [3, 0, 5, 2, 1, 4]
 
 
 @pytest.fixture(scope="module")

@@ -124,14 +124,20 @@ def consensus_order(matches: np.ndarray, energies: np.ndarray) -> np.ndarray:
         matches: (k, k) bool, which candidates match each other (diagonal ignored).
         energies: (k,) tie-break, lower first (NaN last), e.g. CHGNet eV/atom.
 
-    Candidates are preferred by the number of others they match, then by energy. Walking that preference, a
-    candidate that matches none of the ones already taken as group leaders is the next leader; the leaders come first,
-    then the repeats in the same preference, so the first candidates are distinct structures and none is dropped.
+    Candidates are preferred by the number of others they match, then by energy, and grouped by
+    :func:`leaders_first`. (Trading votes against energy, e.g. one vote per 0.2 eV/atom, was measured and not
+    adopted: ``bench/consensus_policies.py``.)
     """
     matches = np.asarray(matches, dtype=bool) & ~np.eye(len(energies), dtype=bool)
     energy = np.where(np.isfinite(energies), energies, np.inf)
-    preference = np.lexsort((energy, -matches.sum(axis=1)))  # stable: equal candidates keep the input order
-    covered = np.zeros(len(energy), dtype=bool)
+    return leaders_first(np.lexsort((energy, -matches.sum(axis=1))), matches)
+
+
+def leaders_first(preference: np.ndarray, matches: np.ndarray) -> np.ndarray:
+    """Reorder ``preference`` (candidate indices, best first) so that distinct structures come first: walking it, a
+    candidate that matches none of the leaders taken so far (``matches``, (k, k) bool) is the next leader; the
+    leaders come first, then the repeats in the same preference, so none is dropped."""
+    covered = np.zeros(len(matches), dtype=bool)
     leaders, repeats = [], []
     for j in preference:  # k <= a few hundred candidates: a plain loop
         if covered[j]:

@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     tune = load_pools(args.tune)
     variants = list(itertools.product((False, True), GAMMAS, BETAS))
     grid = [{"cluster_energy": c, "gamma": g, "beta": b, **rates(tune, b, g, c)} for c, g, b in variants]
-    # the best rank-1; on ties the variant closest to the shipped ranking (grid order: plain energy, small gamma/beta)
-    chosen = max(grid, key=lambda r: (r["rank1"], -grid.index(r)))
+    # the best rank-1; max keeps the first of equals, the variant closest to the shipped ranking in grid order
+    # (plain energy, small gamma / beta)
+    chosen = max(grid, key=lambda r: r["rank1"])
     print(f"tune ({len(tune)} entries, oracle {100 * np.mean([p['hit'].any() for p in tune]):.1f}), rank-1 / top-20:")
     for c, g in itertools.product((False, True), GAMMAS):
         cells = [f"b{r['beta']:g} {r['rank1']:.1f}/{r['top20']:.0f}" for r in grid

@@ -33,7 +33,7 @@ from ranking import consensus_matches  # noqa: I001  (sibling script)
 
 from xtalforge.evaluation.csp import read_jsonl
 from xtalforge.evaluation.report import package_versions, write_json
-from xtalforge.ranking import leaders_first
+from xtalforge.ranking import consensus_order, leaders_first
 
 RESULTS = Path(__file__).resolve().parent / "results" / "consensus_policies.json"
 BETAS = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, np.inf)  # votes per eV/atom; inf: energy first, votes break ties
@@ -41,9 +41,13 @@ GAMMAS = (0.0, 1.0, 3.0)
 
 
 def symmetry_operations(candidate: dict) -> int:
-    """Number of symmetry operations spglib finds (symprec 0.1 A) in a stored candidate; 1 if it finds none."""
+    """Number of symmetry operations spglib finds (symprec 0.1 A) in a stored candidate; 1 if it finds none or fails
+    on a degenerate cell."""
     cell = (np.array(candidate["lattice"]), np.array(candidate["frac"]), np.array(candidate["numbers"]))
-    dataset = spglib.get_symmetry_dataset(cell, symprec=0.1)
+    try:
+        dataset = spglib.get_symmetry_dataset(cell, symprec=0.1)
+    except spglib.SpglibError:
+        return 1
     return 1 if dataset is None else len(dataset.rotations)
 
 
@@ -63,6 +67,8 @@ def load_pools(spec: str) -> list[dict]:
 
 def order(pool: dict, beta: float, gamma: float, cluster_energy: bool) -> np.ndarray:
     """The pool's order under one variant (see the module docstring)."""
+    if beta == 0.0 and gamma == 0.0 and not cluster_energy:  # the shipped ranking itself
+        return consensus_order(pool["matches"], pool["energy"])
     energy = pool["energy"]
     if cluster_energy:  # a group is as good as its lowest-energy member
         energy = np.where(pool["matches"], energy[None, :], np.inf).min(axis=1).clip(max=energy)

@@ -167,6 +167,28 @@ def test_dao_g_alone_is_ranked_by_consensus_over_a_pool():
     assert any(c.static_energy_per_atom is not None for c in default)  # the tie-break is shown
 
 
+def test_dao_g_with_relaxation_relaxes_the_consensus_best_in_their_order(monkeypatch):
+    import xtalforge
+    import xtalforge.relax
+    from xtalforge.prediction import GENERATOR_POOL
+
+    real_relax, relaxed_volumes = xtalforge.relax.relax, []
+
+    def short_relax(crystal, **kwargs):  # the real CHGNet relaxation, 3 steps to keep the test fast
+        relaxed_volumes.append(crystal.volume)
+        return real_relax(crystal, **{**kwargs, "steps": 3})
+
+    monkeypatch.setattr(xtalforge.relax, "relax", short_relax)
+    raw = xtalforge.predict("Ga2Te2", n=2, method="dao-g", steps=10)
+    relaxed = xtalforge.predict("Ga2Te2", n=2, method="dao-g", steps=10, relax="chgnet")
+    # ranked by consensus over the whole pool as drawn, then only the 2 returned were relaxed, order kept
+    assert relaxed_volumes == pytest.approx([c.crystal.volume for c in raw])
+    assert [c.info["rank_by"] for c in relaxed] == ["consensus"] * 2
+    assert [c.info["rank_value"] for c in relaxed] == [0, 1]
+    assert all(c.info["ranked_among"] == GENERATOR_POOL and c.energy_per_atom is not None for c in relaxed)
+    assert all(c.crystal.properties["relax_steps"] <= 3 for c in relaxed)
+
+
 def test_dao_g_rank_by_chgnet_returns_the_lowest_energies_of_the_pool():
     import xtalforge
     from xtalforge.prediction import GENERATOR_POOL

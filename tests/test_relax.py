@@ -99,3 +99,20 @@ def test_collapsed_cell_is_refused_not_relaxed(perturbed_nacl: Crystal) -> None:
     collapsed = Crystal(c.lattice * 0.1 ** (1 / 3), c.frac_coords, c.numbers)
     with pytest.raises(StructureError, match="collapsed to 2.57 A"):
         relax(collapsed, steps=5)
+
+
+def test_left_handed_cell_relaxes_like_its_right_handed_twin() -> None:
+    # CHGNet divides its stress by the signed volume: before right_handed() a left-handed cell (half of all DAO-G
+    # samples) had its cell moved uphill, and correct structures collapsed
+    a = 5.64 * 1.06  # rock salt NaCl, expanded: relaxation must shrink it
+    lattice = np.diag([a, a, a])
+    frac = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5],
+                     [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0.5, 0.5, 0.5]])
+    right = Crystal(lattice, frac, [11] * 4 + [17] * 4)
+    left = Crystal(-lattice, (-frac) % 1.0, right.numbers)
+    assert np.linalg.det(left.lattice) < 0 and np.linalg.det(left.right_handed().lattice) > 0
+    np.testing.assert_allclose(left.right_handed().cart_coords % a, right.cart_coords % a, atol=1e-9)
+    r_right, r_left = relax(right, steps=15), relax(left, steps=15)
+    assert r_left.crystal.volume < right.volume - 1.0
+    assert r_left.crystal.volume == pytest.approx(r_right.crystal.volume, rel=1e-6)
+    assert r_left.energies[-1] == pytest.approx(r_right.energies[-1], abs=1e-6)

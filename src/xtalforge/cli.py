@@ -89,15 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "composition no template fits gets all three in turn), template, redecorate, dao-g")
     p.add_argument("--no-redecorate", action="store_true",
                    help="auto without re-decorated templates (no CHGNet calls: seconds instead of up to a minute)")
-    p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax candidates with CHGNet")
+    p.add_argument("--relax", default="none", choices=["none", "chgnet"],
+                   help="relax the returned candidates with CHGNet (DAO-G samples after ranking them by consensus)")
     p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet,consensus}",
                    help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
                    "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet), consensus (the "
                    "structure a generator drew most often first, ties by CHGNet energy); auto (default): the "
-                   "method's order, CHGNet energy with --relax chgnet, consensus for --method dao-g. " + _rank_note())
+                   "method's order, CHGNet energy with --relax chgnet, consensus for --method dao-g (with --relax "
+                   "too: the samples as drawn are ranked, then the best --n relaxed). " + _rank_note())
     p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
     p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, the best --n "
-                   f"returned (default --n; for --method dao-g without --relax at least {GENERATOR_POOL})")
+                   f"returned (default --n; for --method dao-g at least {GENERATOR_POOL}, unless --relax chgnet with "
+                   "an energy --rank-by, which relaxes every drawn candidate)")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
     _add_weights(p)
     _add_guidance(p)

@@ -65,6 +65,15 @@ class Crystal:
     def formula(self) -> str:
         return self.to_structure().composition.formula.replace(" ", "")
 
+    def right_handed(self) -> Crystal:
+        """The same crystal on a right-handed basis (det(lattice) > 0): a left-handed one has all three lattice
+        vectors and fractional coordinates negated, which leaves every Cartesian position in place. Generated lattices
+        are left-handed about half the time, and CHGNet divides its stress by the signed volume, so an ASE cell
+        relaxation of a left-handed cell moves the cell uphill (it collapsed correct DAO-G structures)."""
+        if np.linalg.det(self.lattice) > 0:
+            return self
+        return Crystal(-self.lattice, (-self.frac_coords) % 1.0, self.numbers.copy(), dict(self.properties))
+
     # ------------------------------------------------------------------ pymatgen
     @classmethod
     def from_structure(cls, structure: Any, properties: dict[str, Any] | None = None) -> Crystal:

@@ -45,7 +45,7 @@ RANK_NOTE = (
     'the shipped weights own order 26.5%, CHGNet 43.0%, consensus 44.5%, oracle 78.5%: auto ranks --method dao-g '
     'by consensus over a pool of at least 60 samples (consensus rank-1 of a pool of 20 / 60: 45 / 52% on those 100 '
     'tune entries, 41.5 / 49.5% on the 200; ~2.4 s CHGNet + ~7 s matching per 60 MP-20 cells beside other jobs). '
-    'CHGNet energy after 20 FIRE steps of the 3 lowest (static CHGNet): 55% vs 65% for templates on 20 entries. '
+    '(CHGNet-relaxed DAO-G numbers measured before the left-handed-cell fix of 2026-12-03 are void.) '
     "Re-ranking templates costs ~1.2 s per 20 candidates plus model loading and gained nothing measurable, so auto "
     "keeps the method's order for templates and auto (DAO-G candidates come after template ones; --rank-by chgnet "
     "re-ranks everything)."
@@ -136,20 +136,23 @@ def predict(
         formula: ``Ga4Te4`` (exact cell) or a reduced formula such as ``GaTe`` / ``CsV3Sb5`` (Z is enumerated).
         n: number of candidates returned.
         method: ``auto`` (the best measured pipeline), ``template``, ``dao-g``, ... (see ``xtalforge.methods``).
-        relax: ``none`` or ``chgnet`` (relax every candidate with CHGNet; ``rank_by="auto"`` then orders by the relaxed
-            energy per atom).
+        relax: ``none`` or ``chgnet``: relax the returned candidates with CHGNet (for ``rank_by="auto"`` and methods
+            other than ``dao-g``, every drawn candidate, ordered by its relaxed energy per atom; ``dao-g`` samples are
+            ranked by consensus first and only the best ``n`` relaxed, keeping that order: the lowest relaxed
+            energy picks worse than consensus, ``bench/results/consensus_relax.json``).
         seed: random seed of stochastic methods.
         z: formula units per cell, fixing the cell of a reduced formula.
         device: torch device of neural methods (``cpu`` or ``cuda``).
         rank_by: order of the returned candidates (see :mod:`xtalforge.ranking`): ``score`` (the method's own order),
             ``dao-p`` (DAO-P predicted energy per atom), ``chgnet`` (CHGNet energy per atom; of the relaxed structures
             when ``relax="chgnet"``), ``consensus`` (the structure drawn most often first, ties by CHGNet energy,
-            distinct structures before repeats; for samples of a generator), or ``auto``: ``chgnet`` with relaxation,
-            :data:`GENERATOR_RANK_BY` for ``method="dao-g"``, else :data:`DEFAULT_RANK_BY` (the method's order).
+            distinct structures before repeats; for samples of a generator; ranks them as drawn, before any
+            relaxation), or ``auto`` (:func:`resolve_rank_by`): :data:`GENERATOR_RANK_BY` for ``method="dao-g"``,
+            ``chgnet`` with relaxation, else :data:`DEFAULT_RANK_BY` (the method's order).
             The measurement behind this choice is :data:`RANK_NOTE`.
         pool: candidates drawn before ranking, of which the best ``n`` are returned; default ``n``, and for
-            ``method="dao-g"`` without relaxation ``max(n, GENERATOR_POOL)``: the benchmarks rank 20 samples, and a
-            ranking can only pick from what was drawn.
+            ``method="dao-g"`` ``max(n, GENERATOR_POOL)`` unless every drawn candidate must be relaxed (an energy
+            ranking with relaxation): the benchmarks rank 20 samples, and a ranking can only pick from what was drawn.
     """
     from xtalforge.methods import get_method, method_parameters
 
@@ -159,8 +162,12 @@ def predict(
         raise XtalforgeError(f"unknown relaxation '{relax}' (choose none or chgnet)")
     if rank_by not in RANK_BY:
         raise XtalforgeError(f"unknown ranking '{rank_by}' (choose from {', '.join(RANK_BY)})")
+    by = resolve_rank_by(rank_by, relaxed=relax == "chgnet", method=method)
+    # consensus compares the samples as drawn, so it ranks before relaxing and only the best n are relaxed; an
+    # energy ranking with relaxation needs every candidate relaxed, so the pool stays n there
+    rank_first = by == "consensus" or relax == "none"
     if pool is None:
-        pool = max(n, GENERATOR_POOL) if method == "dao-g" and relax == "none" and rank_by != "score" else n
+        pool = max(n, GENERATOR_POOL) if method == "dao-g" and by != "score" and rank_first else n
     if pool < n:
         raise XtalforgeError(f"pool ({pool}) must be at least n ({n})")
     target = Target.parse(formula, z=z)
@@ -174,25 +181,15 @@ def predict(
         c.properties.setdefault("method", method)
     if not crystals:
         raise XtalforgeError(f"method '{method}' found no candidate for {formula}")
-    energies: list[float | None] = [None] * len(crystals)
-    if relax == "chgnet":
-        from tqdm.auto import tqdm
-
-        from xtalforge.errors import StructureError
-        from xtalforge.relax import relax as relax_one
-
-        relaxed = []
-        for c in tqdm(crystals, desc="relaxing (CHGNet)", unit="structure", disable=None):
-            try:
-                relaxed.append(relax_one(c, potential="chgnet").crystal)
-            except StructureError as exc:  # one unrelaxable candidate (e.g. overlapping atoms) is dropped, not fatal
-                warnings.warn(f"dropped a candidate: {exc}", stacklevel=2)
-        if not relaxed:
-            raise XtalforgeError(f"CHGNet could relax none of the candidates for {formula}")
-        crystals = relaxed
-        energies = [float(c.properties["energy_per_atom"]) for c in relaxed]
-    crystals, energies = _rank(crystals, energies, rank_by, relaxed=relax == "chgnet", method=method)
     drawn = len(crystals)
+    energies: list[float | None] = [None] * len(crystals)
+    if rank_first:
+        crystals = _rank(crystals, energies, by, relaxed=False)[0][:n]
+    if relax == "chgnet":
+        crystals = _relax_all(crystals, formula)
+        energies = [float(c.properties["energy_per_atom"]) for c in crystals]
+    if not rank_first:
+        crystals, energies = _rank(crystals, energies, by, relaxed=True)
     crystals, energies = crystals[:n], energies[:n]
     out = []
     for rank, (c, e) in enumerate(zip(crystals, energies), start=1):
@@ -204,17 +201,42 @@ def predict(
     return out
 
 
-def _rank(crystals: list[Crystal], energies: list[float | None], rank_by: str,
-          relaxed: bool, method: str = "") -> tuple[list[Crystal], list[float | None]]:
-    """Candidates and their relaxed energies in the order of ``rank_by``; the ranking value is kept in
-    ``properties["rank_value"]`` (lower is better) and its name in ``properties["rank_by"]``."""
+def resolve_rank_by(rank_by: str, relaxed: bool, method: str) -> str:
+    """The ranking ``rank_by="auto"`` stands for: :data:`GENERATOR_RANK_BY` for ``method="dao-g"`` (with or without
+    relaxation), CHGNet energy of the relaxed structures for other methods with relaxation, else
+    :data:`DEFAULT_RANK_BY`; any other value is itself."""
+    if rank_by != "auto":
+        return rank_by
+    return GENERATOR_RANK_BY if method == "dao-g" else "chgnet" if relaxed else DEFAULT_RANK_BY
+
+
+def _relax_all(crystals: list[Crystal], formula: str) -> list[Crystal]:
+    """Every candidate relaxed with CHGNet, in the same order; one CHGNet cannot relax is dropped with a warning."""
+    from tqdm.auto import tqdm
+
+    from xtalforge.errors import StructureError
+    from xtalforge.relax import relax as relax_one
+
+    relaxed = []
+    for c in tqdm(crystals, desc="relaxing (CHGNet)", unit="structure", disable=None):
+        try:
+            relaxed.append(relax_one(c, potential="chgnet").crystal)
+        except StructureError as exc:  # one unrelaxable candidate (e.g. overlapping atoms) is dropped, not fatal
+            warnings.warn(f"dropped a candidate: {exc}", stacklevel=3)
+    if not relaxed:
+        raise XtalforgeError(f"CHGNet could relax none of the candidates for {formula}")
+    return relaxed
+
+
+def _rank(crystals: list[Crystal], energies: list[float | None], by: str,
+          relaxed: bool) -> tuple[list[Crystal], list[float | None]]:
+    """Candidates and their relaxed energies in the order of the ranking ``by`` (resolved, see
+    :func:`resolve_rank_by`); the ranking value is kept in ``properties["rank_value"]`` (lower is better) and its
+    name in ``properties["rank_by"]``."""
     import numpy as np
 
     from xtalforge.ranking import order_of, rank_values
 
-    by = rank_by
-    if rank_by == "auto":
-        by = "chgnet" if relaxed else GENERATOR_RANK_BY if method == "dao-g" else DEFAULT_RANK_BY
     if by == "chgnet" and relaxed:  # after relaxation: the relaxed energies we already have
         values = np.array(energies, dtype=np.float64)
     else:

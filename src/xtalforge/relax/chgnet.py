@@ -132,7 +132,7 @@ def relax(
         raise XtalforgeError(f"unknown potential '{potential}' (choose from {', '.join(POTENTIALS)})")
     if optimizer not in OPTIMIZERS:
         raise XtalforgeError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
-    crystal = _as_crystal(crystal_or_structure)
+    crystal = _as_crystal(crystal_or_structure).right_handed()  # CHGNet's stress needs det(lattice) > 0
     atoms = crystal.to_atoms()
     n = len(atoms)
     _check_not_collapsed(atoms, crystal.formula)

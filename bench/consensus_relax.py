@@ -1,0 +1,180 @@
+"""Consensus, then CHGNet relaxation: does relaxing the pool's few most agreed-on structures and choosing among them
+by relaxed energy beat the consensus leader at k=1?
+
+``predict --method dao-g`` ranks a pool of DAO-G samples by consensus (:func:`xtalforge.ranking.consensus_order`).
+The right structure is often among the first few distinct structures of that order without being the first (MP-20:
+leader ~51%, any of the first 3 ~63%), and CHGNet's *static* energy of the raw samples is a poor judge between them
+(choosing the lowest of the first 3 by it: ~38%). Here the first ``--top`` leaders (distinct structures, in
+consensus order) of every pool are relaxed with CHGNet (``--steps`` FIRE steps, atoms + cell, fmax 0.1) and each
+relaxed structure is matched to the true one. Policies scored on those records:
+
+* ``leader``: the consensus leader as sampled (what ships), and ``leader_relaxed``: the same, relaxed;
+* ``lowest_relaxed_of_K``: of the first K leaders, the one with the lowest relaxed energy (relaxed structure);
+* ``votes_vs_energy``: of the first K leaders, the one minimising -votes + beta * (E_relaxed - E_min, eV/atom).
+
+The variant with the best rank-1 on the ``--tune`` pool is chosen there (grid order breaks ties: fewer relaxations,
+smaller beta) and scored on each ``--report`` pool beside the leader. Pools are ``bench/ranking.py --pool 60`` runs,
+given as ``<dao-g_static.jsonl>:<samples' candidates_test_index.jsonl>``; the per-entry relaxations go next to the
+static file (``consensus_relax_top<K>_steps<S>.jsonl``, resumable: rerun to continue; ``--relax-only`` skips the
+summary so two pools can relax in two processes).
+
+Usage::
+
+    python bench/consensus_relax.py --bench mp_20_biternary --tune <static>:<candidates> --report <static>:<cands>
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+from ranking import consensus_matches, match  # noqa: I001  (sibling script)
+from tqdm import tqdm
+
+from xtalforge.crystal import Crystal
+from xtalforge.data.protocol import load_split
+from xtalforge.evaluation.csp import _resume, append_jsonl, read_jsonl
+from xtalforge.evaluation.matching import MatchTolerance
+from xtalforge.evaluation.report import package_versions, write_json
+from xtalforge.ranking import chgnet_relaxed_energy, consensus_order
+
+RESULTS = Path(__file__).resolve().parent / "results" / "consensus_relax.json"
+BETAS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, np.inf)  # votes per eV/atom; 0: the leader (votes only)
+
+
+def leaders(matches: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The distinct structures at the head of a :func:`~xtalforge.ranking.leaders_first` order: the prefix up to the
+    first candidate that matches one before it."""
+    sub = np.tril(matches[np.ix_(order, order)], k=-1).any(axis=1)
+    return order[: int(np.argmax(sub)) if sub.any() else len(order)]
+
+
+def relax_entry(test, rec: dict, samples: list[dict], top: int, steps: int, tol: MatchTolerance,
+                threads: int) -> dict:
+    """Relax the first ``top`` consensus leaders of one pool and match them (raw and relaxed) to the truth."""
+    matches = consensus_matches(rec)
+    energy = np.array([np.nan if e is None else e for e in rec["chgnet"]], dtype=np.float64)
+    heads = leaders(matches, consensus_order(matches, energy))[:top]
+    crystals = [Crystal(np.array(samples[j]["lattice"]), np.array(samples[j]["frac"]),
+                        np.array(samples[j]["numbers"])) for j in heads]
+    t = time.perf_counter()
+    relaxed, relaxed_energy = chgnet_relaxed_energy(crystals, steps=steps, threads=threads)
+    seconds = time.perf_counter() - t
+    return {"index": rec["index"], "material_id": rec["material_id"], "leaders": heads.tolist(),
+            "votes": matches[heads].sum(axis=1).tolist(),
+            "raw_hit": [rec["rms"][j] is not None for j in heads],
+            "relaxed_rms": match(test, rec["index"], relaxed, tol),
+            "relaxed_energy": [float(e) if np.isfinite(e) else None for e in relaxed_energy],
+            "relax_steps": [None if c is None else c.properties.get("relax_steps") for c in relaxed],
+            "seconds_relax": seconds}
+
+
+def records_file(spec: str, top: int, steps: int) -> Path:
+    """The per-entry relaxation records of one pool."""
+    return Path(spec.split(":")[0]).with_name(f"consensus_relax_top{top}_steps{steps}.jsonl")
+
+
+def relax_pool(spec: str, bench: str, top: int, steps: int, threads: int) -> Path:
+    """Relax every not yet relaxed entry of one pool; returns the per-entry file."""
+    static, candidates = (Path(p) for p in spec.split(":"))
+    out = records_file(spec, top, steps)
+    done = _resume(out)
+    todo = [rec for rec in read_jsonl(static) if rec["index"] not in done]
+    if not todo:
+        return out
+    wanted = {rec["index"] for rec in todo}
+    samples = {r["index"]: r["candidates"] for r in read_jsonl(candidates) if r["index"] in wanted}
+    test, tol = load_split(bench, "test"), MatchTolerance()
+    with open(out, "a") as fh:
+        for rec in tqdm(todo, desc=f"relax {static.parent.name[:40]}"):
+            append_jsonl(fh, [relax_entry(test, rec, samples[rec["index"]], top, steps, tol, threads)])
+    return out
+
+
+def choose(rec: dict, k: int, beta: float) -> int:
+    """Position (among the first ``k`` leaders) a votes-vs-relaxed-energy policy picks; beta 0: the leader."""
+    k = min(k, len(rec["leaders"]))
+    e = np.array([np.inf if x is None else x for x in rec["relaxed_energy"][:k]])
+    votes = np.array(rec["votes"][:k], dtype=np.float64)
+    if beta == 0.0 or not np.isfinite(e).any():
+        return 0
+    excess = np.where(np.isfinite(e), e - e[np.isfinite(e)].min(), 1e3)
+    if beta == np.inf:
+        return int(np.lexsort((-votes, excess))[0])
+    return int(np.lexsort((excess, -votes + beta * excess))[0])  # stable on ties: the earlier leader
+
+
+def rates(records: list[dict], k: int, beta: float) -> dict:
+    """Rank-1 (%) of one policy: its pick as sampled and relaxed."""
+    picks = [choose(r, k, beta) for r in records]
+    return {"rank1_relaxed": 100.0 * float(np.mean([r["relaxed_rms"][p] is not None for r, p in zip(records, picks)])),
+            "rank1_raw": 100.0 * float(np.mean([r["raw_hit"][p] for r, p in zip(records, picks)]))}
+
+
+def summary(records: list[dict], top: int) -> dict:
+    """Leader as sampled and relaxed (with the entries relaxing gains / loses), any of the first k leaders, cost."""
+    raw = np.array([r["raw_hit"][0] for r in records], dtype=bool)
+    relaxed = np.array([r["relaxed_rms"][0] is not None for r in records], dtype=bool)
+    return {"entries": len(records), "leader": rates(records, 1, 0.0)["rank1_raw"],
+            "leader_relaxed": rates(records, 1, 0.0)["rank1_relaxed"],
+            "leader_relaxed_gained": int((relaxed & ~raw).sum()), "leader_relaxed_lost": int((raw & ~relaxed).sum()),
+            "leader_relax_steps_mean": float(np.mean([r["relax_steps"][0] or 0 for r in records])),
+            **{f"any_of_first_{k}": 100.0 * float(np.mean([any(r["raw_hit"][:k]) for r in records]))
+               for k in range(2, top + 1)},
+            "relax_s_per_entry": float(np.mean([r["seconds_relax"] for r in records]))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", default="mp_20_biternary", help="benchmark of the --tune pool (test split)")
+    ap.add_argument("--tune", required=True, help="<static.jsonl>:<candidates.jsonl> of the pool to choose on")
+    ap.add_argument("--report", action="append", default=[], help="<bench>=<static>:<candidates> (or "
+                    "<static>:<candidates> of --bench) to report on")
+    ap.add_argument("--top", type=int, default=3, help="consensus leaders relaxed per entry")
+    ap.add_argument("--steps", type=int, default=30, help="FIRE steps per relaxation")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--relax-only", action="store_true", help="relax what is missing, no summary")
+    ap.add_argument("--summarize", action="store_true", help="summarise the entries relaxed so far, relax none")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    pools = [(args.bench, args.tune)] + [tuple(s.split("=", 1)) if "=" in s else (args.bench, s) for s in args.report]
+    files = [records_file(spec, args.top, args.steps) if args.summarize else
+             relax_pool(spec, bench, args.top, args.steps, args.threads) for bench, spec in pools]
+    if args.relax_only:
+        return
+    tune = list(read_jsonl(files[0]))
+    grid = [{"k": k, "beta": b, **rates(tune, k, b)} for k, b in itertools.product(range(2, args.top + 1), BETAS)]
+    # max keeps the first of equals: fewer relaxations, smaller beta; with --top 1 there is only the leader
+    chosen = max(grid, key=lambda r: r["rank1_relaxed"]) if grid else {"k": 1, "beta": 0.0}
+    print(f"tune ({summary(tune, args.top)}): rank-1 relaxed / raw pick")
+    for k in range(2, args.top + 1):
+        print(f"  first {k}: " + ", ".join(f"b{r['beta']:g} {r['rank1_relaxed']:.1f}/{r['rank1_raw']:.1f}"
+                                           for r in grid if r["k"] == k))
+    print(f"chosen: first {chosen['k']} leaders, beta {chosen['beta']:g}")
+    reports = []
+    for (bench, spec), path in zip(pools[1:], files[1:]):
+        records = list(read_jsonl(path))
+        reports.append({"bench": bench, "pool": spec, **summary(records, args.top),
+                        "chosen": rates(records, chosen["k"], chosen["beta"]),
+                        "lowest_relaxed": {k: rates(records, k, np.inf) for k in range(2, args.top + 1)}})
+        r = reports[-1]
+        print(f"report {bench} {Path(spec.split(':')[0]).parent.name[:50]} ({r['entries']} entries): leader "
+              f"{r['leader']:.1f}, leader relaxed {r['leader_relaxed']:.1f}, chosen {r['chosen']['rank1_relaxed']:.1f}"
+              f" (raw pick {r['chosen']['rank1_raw']:.1f})")
+    write_json(args.out, {"settings": {"bench": args.bench, "tune": args.tune, "top": args.top,
+                                       "steps": args.steps, "fmax": 0.1, "optimizer": "FIRE, atoms + cell",
+                                       "betas": [str(b) for b in BETAS], "threads": args.threads},
+                          "tune": {**summary(tune, args.top), "grid": [{**r, "beta": str(r["beta"])} for r in grid]},
+                          "chosen": {**chosen, "beta": str(chosen["beta"])}, "reports": reports,
+                          "wall_s": time.perf_counter() - t0, "versions": package_versions()})
+
+
+if __name__ == "__main__":
+    main()

@@ -181,14 +181,15 @@ def predict(
         c.properties.setdefault("method", method)
     if not crystals:
         raise XtalforgeError(f"method '{method}' found no candidate for {formula}")
-    drawn = len(crystals)
     energies: list[float | None] = [None] * len(crystals)
+    drawn = len(crystals)  # the pool the ranking chooses from: as drawn, or what relaxation left of it
     if rank_first:
         crystals = _rank(crystals, energies, by, relaxed=False)[0][:n]
     if relax == "chgnet":
         crystals = _relax_all(crystals, formula)
         energies = [float(c.properties["energy_per_atom"]) for c in crystals]
     if not rank_first:
+        drawn = len(crystals)
         crystals, energies = _rank(crystals, energies, by, relaxed=True)
     crystals, energies = crystals[:n], energies[:n]
     out = []

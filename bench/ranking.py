@@ -152,6 +152,13 @@ def consensus_matches(rec: dict, p: int | None = None) -> np.ndarray:
     return adj & ok[:, None] & ok[None, :]
 
 
+def distinct_leaders(matches: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The distinct structures at the head of a :func:`~xtalforge.ranking.leaders_first` order (``matches``: (k, k)
+    bool, row j = the candidates j covers): the prefix up to the first candidate that one before it covers."""
+    covered = np.triu(matches[np.ix_(order, order)], k=1).any(axis=0)
+    return order[: int(np.argmax(covered)) if covered.any() else len(order)]
+
+
 def values_of(rec: dict, ranking: str) -> np.ndarray:
     def arr(key: str) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in rec[key]], dtype=np.float64)

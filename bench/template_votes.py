@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from dao_g_sampler_options import rows_for  # noqa: I001  (sibling scripts)
-from ranking import consensus_matches, match
+from ranking import consensus_matches, distinct_leaders, match
 
 from xtalforge.crystal import Crystal
 from xtalforge.data.protocol import load_split
@@ -104,12 +104,9 @@ def policy_list(rec: dict, adj: np.ndarray, order: np.ndarray, m: float, c: floa
     counted = np.where(votes >= m, votes, 0)
     templates = sorted(range(nt), key=lambda i: (-counted[i], i))
     pool_adj = adj[nt:, nt:]
-    covered, leaders = np.zeros(len(pool_adj), dtype=bool), []
-    for j in order:  # the distinct structures of the pool, most agreed-on first, that no template candidate is
-        if not covered[j] and not adj[nt + j, :nt].any() and rec["plausible"][nt + j]:
-            leaders.append(int(j))
-        covered |= pool_adj[j]
-        covered[j] = True
+    # the distinct structures of the pool, most agreed-on first, that no template candidate is
+    leaders = [int(j) for j in distinct_leaders(pool_adj, order)
+               if not adj[nt + j, :nt].any() and rec["plausible"][nt + j]]
     first = []
     if leaders and (not counted.any()) and pool_adj[leaders[0]].sum() >= c:
         first = [nt + leaders.pop(0)]

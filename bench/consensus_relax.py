@@ -16,8 +16,8 @@ The variant with the best rank-1 on the ``--tune`` pool is chosen there (grid or
 smaller beta) and scored on each ``--report`` pool beside the leader. Pools are ``bench/ranking.py --pool 60`` runs,
 given as ``<dao-g_static.jsonl>:<samples' candidates_test_index.jsonl>``; the per-entry relaxations go next to the
 static file (``consensus_relax_top<K>_steps<S>.jsonl``, resumable: rerun to continue; ``--relax-only`` skips the
-summary so two pools can relax in two processes, and ``--shard I/N`` relaxes every N-th row of each pool, so one pool
-relaxes in N processes, each into its own ``.shardIofN`` file).
+summary so two pools can relax in two processes, and ``--part I/N`` relaxes every N-th row of each pool, so one pool
+relaxes in N processes, each into its own ``.partIofN`` file).
 
 Results: ``bench/results/consensus_relax.json`` (``--top 3``, 2026-12-03: 44 MP-20 report rows, 42 MPTS-52 small
 cells; no policy beat the leader) and ``consensus_relax_leader.json`` (``--top 1``, 2026-12-04: the leader relaxed on
@@ -71,28 +71,28 @@ def relax_entry(test, rec: dict, samples: list[dict], top: int, steps: int, tol:
             "seconds_relax": seconds}
 
 
-def records_file(spec: str, top: int, steps: int, shard: tuple[int, int] | None = None) -> Path:
-    """The per-entry relaxation records of one pool (of one shard of it, ``(i, n)``, when relaxed in shards)."""
-    tag = "" if shard is None else f".shard{shard[0]}of{shard[1]}"
+def records_file(spec: str, top: int, steps: int, part: tuple[int, int] | None = None) -> Path:
+    """The per-entry relaxation records of one pool (of one part of it, ``(i, n)``, when relaxed in parts)."""
+    tag = "" if part is None else f".part{part[0]}of{part[1]}"
     return Path(spec.split(":")[0]).with_name(f"consensus_relax_top{top}_steps{steps}{tag}.jsonl")
 
 
 def read_records(spec: str, top: int, steps: int) -> list[dict]:
-    """Every relaxed entry of one pool, from the unsharded file and any shard files, in row order."""
+    """Every relaxed entry of one pool, from the whole-pool file and any part files, in row order."""
     base = records_file(spec, top, steps)
-    by_index = {r["index"]: r for path in [base, *sorted(base.parent.glob(f"{base.stem}.shard*of*.jsonl"))]
+    by_index = {r["index"]: r for path in [base, *sorted(base.parent.glob(f"{base.stem}.part*of*.jsonl"))]
                 for r in read_jsonl(path)}
     return [by_index[i] for i in sorted(by_index)]
 
 
 def relax_pool(spec: str, bench: str, top: int, steps: int, threads: int,
-               shard: tuple[int, int] | None = None) -> None:
-    """Relax every not yet relaxed entry of one pool (with ``shard=(i, n)``: of its rows i, i + n, ...)."""
+               part: tuple[int, int] | None = None) -> None:
+    """Relax every not yet relaxed entry of one pool (with ``part=(i, n)``: of its rows i, i + n, ...)."""
     static, candidates = (Path(p) for p in spec.split(":"))
-    out = records_file(spec, top, steps, shard)
+    out = records_file(spec, top, steps, part)
     done = _resume(out) | {r["index"] for r in read_records(spec, top, steps)}
     todo = [rec for pos, rec in enumerate(read_jsonl(static))
-            if rec["index"] not in done and (shard is None or pos % shard[1] == shard[0])]
+            if rec["index"] not in done and (part is None or pos % part[1] == part[0])]
     if not todo:
         return
     wanted = {rec["index"] for rec in todo}
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=30, help="FIRE steps per relaxation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--relax-only", action="store_true", help="relax what is missing, no summary")
-    ap.add_argument("--shard", default=None, help="I/N: relax only rows I, I + N, ... of each pool (to relax one "
-                    "pool in N processes; implies --relax-only; the summary reads every shard's file)")
+    ap.add_argument("--part", default=None, help="I/N: relax only rows I, I + N, ... of each pool (to relax one "
+                    "pool in N processes; implies --relax-only; the summary reads every part's file)")
     ap.add_argument("--summarize", action="store_true", help="summarise the entries relaxed so far, relax none")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -169,11 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     pools = [(args.bench, args.tune)] + [tuple(s.split("=", 1)) if "=" in s else (args.bench, s) for s in args.report]
-    shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
+    part = tuple(int(x) for x in args.part.split("/")) if args.part else None
     if not args.summarize:
         for bench, spec in pools:
-            relax_pool(spec, bench, args.top, args.steps, args.threads, shard)
-    if args.relax_only or shard:
+            relax_pool(spec, bench, args.top, args.steps, args.threads, part)
+    if args.relax_only or part:
         return
     tune = read_records(pools[0][1], args.top, args.steps)
     tune_summary = {**summary(tune, args.top), "leader_rmse_matched_both": leader_rmse(tune, pools[0][1])}

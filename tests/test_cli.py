@@ -18,6 +18,7 @@ from xtalforge.prediction import GENERATOR_POOL
         (["predict", "NaCl", "--n", "0"], "n must be at least 1"),
         (["predict", "C200"], "limit"),
         (["evaluate", "--data", "nonexistent_set"], "no such data file"),
+        (["evaluate", "--data", "perov_5", "--out", "perov.json"], "--out is the run's folder"),
         (["predict", "NaCl", "--method", "template", "--guidance", "1"], "does not take guidance"),
         (["predict", "NaCl", "--method", "dao-g", "--guidance", "-1"], "guidance strength"),
         (["predict", "NaCl", "--method", "template", "--no-redecorate"], "applies to --method auto"),
@@ -54,6 +55,20 @@ def test_relax_of_malformed_cif(tmp_path, capsys):
     assert main(["relax", str(bad)]) == 2
     assert "malformed CIF" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.cif"]
+
+
+def test_evaluate_writes_its_run_into_the_out_folder(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    argv = ["evaluate", "--data", "perov_5", "--method", "template", "--limit", "2", "--k", "1", "--workers", "1",
+            "--out", str(run)]
+    assert main(argv) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["data"]["entries_evaluated"] == 2 and report["counts"]["pairs"] >= 1
+    assert {"candidates.jsonl", "matches.jsonl", "settings.json"} <= {p.name for p in run.iterdir()}
+    assert f"report written to {run / 'report.json'}" in capsys.readouterr().out
+    assert main(argv[:-1] + [str(run / "report.json")]) == 0  # the old spelling names the same folder: resumed
 
 
 def test_console_script_runs():

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default="pooled+aflow", choices=["pooled+aflow", "pooled", "own"],
                    help="template library / training data: pooled val splits and the AFLOW structures (default, "
                         "as the shipped library), pooled val splits only, or the benchmark's own val split")
-    p.add_argument("--out", default=None, help="report JSON path (default results/<data>_<method>/report.json)")
+    p.add_argument("--out", default=None, help="the run's folder: candidates.jsonl, matches.jsonl, report.json; "
+                   "rerun with the same settings to resume (default results/<data>_<method>)")
     p.add_argument("--workers", type=positive_int, default=None, help="matching processes (default: all cores)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per structure pair before giving up")
@@ -199,6 +200,12 @@ def cmd_evaluate(args) -> int:
     from xtalforge.methods import get_method, method_parameters
 
     ks = tuple(int(k) for k in args.k.split(","))
+    out = Path(args.out) if args.out else Path("results") / f"{Path(args.data).name}_{args.method}"
+    if out.suffix == ".json":  # the old spelling <folder>/report.json; any other file name would be ignored
+        if out.name != "report.json":
+            raise XtalforgeError(f"--out is the run's folder (it gets candidates, matches and report.json), "
+                                 f"not a report file: {out}")
+        out = out.parent
     if args.data in BENCHMARKS:
         test = load_split(args.data, "test")
         pooled, aflow = args.library != "own", args.library == "pooled+aflow"
@@ -219,11 +226,10 @@ def cmd_evaluate(args) -> int:
         # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)
         kwargs["library"] = benchmark_library(args.data, pooled=pooled, aflow=aflow)
     method = get_method(args.method, **kwargs)
-    out = Path(args.out) if args.out else Path("results") / f"{Path(args.data).name}_{args.method}" / "report.json"
-    report = evaluate_csp(method, test, ks=ks, out_dir=out.parent, limit=args.limit, seed=args.seed,
+    report = evaluate_csp(method, test, ks=ks, out_dir=out, limit=args.limit, seed=args.seed,
                           workers=args.workers, scheduler=args.scheduler, library=library, timeout=args.timeout)
     print(markdown_table(report))
-    print(f"\nreport written to {out.parent}")
+    print(f"\nreport written to {out / 'report.json'}")
     return 0
 
 

@@ -22,7 +22,9 @@ threshold (m = 1 / 3 / 5: 57 / 59 / 61; m = 5 against the template order 5 entri
 putting the pool's leader first when no template candidate has votes (c = 20 / 10: 70 / 55); 5 slots for new
 leaders gave k=20 93 (2 gained, 0 lost), and 91 (no gain) on a second pool of the same entries drawn with 100 steps
 (``template_votes_tune_steps100.json``). Where a template exists, DAO-G's agreement is not evidence the ranker lacks,
-so ``auto`` keeps the template order and spends no samples there; the report entries were not run.
+so ``auto`` keeps the template order and spends no samples there. On the 200 report rows (2026-12-04,
+``template_votes_report.json``, scored once): templates alone 72.5 / 87.5, m = 1 / 2 k=1 56.0 / 58.5, c = 20 69.5,
+r = 0 / 2 / 5 / 10 k=20 88.5 / 88.0 / 88.0 / 88.5: the tune rows' answer holds.
 
 Usage::
 

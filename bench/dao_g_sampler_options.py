@@ -37,10 +37,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "dao_g_sampler_options.j
 RUNS = Path(__file__).resolve().parent.parent / "runs" / "bench_dao_g_sampler_options"
 
 
-def rows_for(n_test: int, which: str, limit: int) -> np.ndarray:
+def rows_for(n_test: int, which: str, limit: int, seed: int = 0) -> np.ndarray:
     report = sample_indices(n_test, 200, 0)  # the model card's 200 entries
-    if which == "random":  # the rows of bench/ranking.py --n limit --seed 0 and of evaluate_csp(limit=limit)
-        return sample_indices(n_test, limit, 0)
+    if which == "random":  # the rows of bench/ranking.py --n limit --seed seed and of evaluate_csp(limit=, seed=)
+        return sample_indices(n_test, limit, seed)
     if which == "report":
         return report[:limit]
     rest = np.setdiff1d(np.arange(n_test), report)
@@ -61,7 +61,9 @@ def main() -> None:
     p.add_argument("--bench", default="mp_20_biternary")
     p.add_argument("--weights", default="mp20")
     p.add_argument("--rows", choices=["tune", "report", "random"], default="tune",
-                   help="random: sample_indices(len(test), limit, 0), e.g. the 100 MPTS-52 entries of its card")
+                   help="random: sample_indices(len(test), limit, seed), e.g. the 100 MPTS-52 entries of its card "
+                   "(seed 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --rows random sample (a fresh draw: not 0)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--grid", default="coord_scale=1;coord_scale=1.5;coord_scale=2",
                    help="';'-separated settings, each 'option=value,...' of DAOGMethod (steps, coord_scale, eta, "
@@ -76,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     test = load_split(args.bench, "test")
-    idx = rows_for(len(test), args.rows, args.limit)
+    idx = rows_for(len(test), args.rows, args.limit, args.seed)
     if args.max_atoms is not None:
         idx = idx[test.num_atoms[idx] <= args.max_atoms]
     rows_of = test.subset(idx)
@@ -89,18 +91,20 @@ def main() -> None:
         method = DAOGMethod(DAOG.load(args.weights), step_lr=step_lr, **options)
         tag = "_".join(f"{k}{v:g}" for k, v in sorted(options.items())) + ("" if max(ks) == 20 else f"_k{max(ks)}")
         tag += "" if args.max_atoms is None else f"_max{args.max_atoms}"
-        out = RUNS / f"{args.bench}_{weights_tag(args.weights)}_{args.rows}{len(idx)}_{tag}"
+        rows_tag = f"{args.rows}{len(idx)}" + ("" if args.rows != "random" or args.seed == 0 else f"_s{args.seed}")
+        out = RUNS / f"{args.bench}_{weights_tag(args.weights)}_{rows_tag}_{tag}"
         t0 = time.perf_counter()
         report = evaluate_csp(method, rows_of, ks=ks, out_dir=out, workers=1, progress=False)
         write_test_indexed(out, idx)
         row = {"weights": args.weights, "options": options, "settings": method.settings(), "rows": args.rows,
-               "max_atoms": args.max_atoms, "entries": len(idx), "metrics": report["results"]["metrics"],
+               "seed": args.seed if args.rows == "random" else None, "max_atoms": args.max_atoms,
+               "entries": len(idx), "metrics": report["results"]["metrics"],
                "generation_s_per_entry": report["timings"]["generation_s_per_entry"],
                "wall_s": time.perf_counter() - t0, "run_dir": str(out)}
         results.append(row)
         m = row["metrics"]
-        print(f"{spec}: k=1 {m['1']['match_rate']:.1f} k=20 {m['20']['match_rate']:.1f} "
-              f"({row['generation_s_per_entry']:.2f} s/entry)", flush=True)
+        rates = " ".join(f"k={k} {m[str(k)]['match_rate']:.1f}" for k in ks)
+        print(f"{spec}: {rates} ({row['generation_s_per_entry']:.2f} s/entry)", flush=True)
     old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {"runs": []}
     old["runs"] += results
     old["settings_last_run"] = vars(args)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from xtalforge.cli import main
-from xtalforge.prediction import GENERATOR_POOL
+from xtalforge.ranking import GENERATOR_POOL
 
 
 @pytest.mark.parametrize(
@@ -15,11 +15,10 @@ from xtalforge.prediction import GENERATOR_POOL
         (["predict", ""], "empty formula"),
         (["predict", "Xx2O"], "unknown element 'Xx'"),
         (["predict", "Na(Cl"], "unbalanced"),
-        (["predict", "NaCl", "--n", "0"], "n must be at least 1"),
         (["predict", "C200"], "limit"),
         (["evaluate", "--data", "nonexistent_set"], "no such data file"),
         (["evaluate", "--data", "perov_5", "--out", "perov.json"], "--out is the run's folder"),
-        (["predict", "NaCl", "--method", "template", "--guidance", "1"], "does not take guidance"),
+        (["predict", "NaCl", "--method", "template", "--guidance", "1"], "--guidance applies to DAO-G"),
         (["predict", "NaCl", "--method", "dao-g", "--guidance", "-1"], "guidance strength"),
         (["predict", "NaCl", "--method", "template", "--no-redecorate"], "applies to --method auto"),
         (["predict", "NaCl", "--method", "dao-g", "--steps", "1001"], "steps must be an integer from 1 to 1000"),
@@ -40,7 +39,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
 
 @pytest.mark.parametrize("argv", [["predict", "NaCl", "--steps", "0"], ["evaluate", "--data", "perov_5", "--limit",
                                   "-5"], ["relax", "x.cif", "--steps", "ten"], ["predict", "NaCl", "--threads", "0"],
-                                  ["predict", "NaCl", "--device", "gpu"]])
+                                  ["predict", "NaCl", "--device", "gpu"],
+                                  ["predict", "NaCl", "--n", "0"]])
 def test_bad_counts_and_devices_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -156,7 +156,7 @@ def test_predict_rank_by_orders_by_the_named_energy():
 
 def test_dao_g_alone_is_ranked_by_consensus_over_a_pool():
     import xtalforge
-    from xtalforge.prediction import GENERATOR_POOL
+    from xtalforge.ranking import GENERATOR_POOL
 
     default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10)
     assert len(default) == 4 and all(c.info["rank_by"] == "consensus" for c in default)
@@ -170,7 +170,7 @@ def test_dao_g_alone_is_ranked_by_consensus_over_a_pool():
 def test_dao_g_with_relaxation_relaxes_the_consensus_best_in_their_order(monkeypatch):
     import xtalforge
     import xtalforge.relax
-    from xtalforge.prediction import GENERATOR_POOL
+    from xtalforge.ranking import GENERATOR_POOL
 
     real_relax, relaxed_volumes = xtalforge.relax.relax, []
 
@@ -191,8 +191,7 @@ def test_dao_g_with_relaxation_relaxes_the_consensus_best_in_their_order(monkeyp
 
 def test_dao_g_rank_by_chgnet_returns_the_lowest_energies_of_the_pool():
     import xtalforge
-    from xtalforge.prediction import GENERATOR_POOL
-    from xtalforge.ranking import chgnet_energy
+    from xtalforge.ranking import GENERATOR_POOL, chgnet_energy
 
     default = xtalforge.predict("Ga2Te2", n=4, method="dao-g", steps=10, rank_by="chgnet")
     assert len(default) == 4 and all(c.info["rank_by"] == "chgnet" for c in default)
@@ -218,10 +217,13 @@ def test_cli_rank_by(tmp_path, capsys):
 
 
 def test_cli_bad_rank_by_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import xtalforge
     from xtalforge.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["predict", "NaCl", "--rank-by", "oracle"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("xtalforge: error: unknown ranking 'oracle'") and "\n" not in err
+    with pytest.raises(SystemExit) as exc:  # refused by the parser, before anything runs
+        main(["predict", "NaCl", "--rank-by", "oracle"])
+    assert exc.value.code == 2 and "invalid choice: 'oracle'" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(xtalforge.XtalforgeError, match="unknown ranking 'oracle'"):
+        xtalforge.predict("NaCl", rank_by="oracle")
     assert not list(tmp_path.iterdir())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from xtalforge.errors import XtalforgeError
@@ -35,123 +36,133 @@ def device_name(text: str) -> str:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device_name, default="cpu",
-                   help="torch device for neural methods: cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--device", type=device_name, default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-def _add_weights(p: argparse.ArgumentParser) -> None:
+def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="NAME|PATH",
-                   help="DAO-G weights of dao-g / auto: a shipped name (mp20, mp20_flow, mpts52, perov_5, carbon_24) "
-                        "or a file; default: mp20_flow (mp20 with --guidance), and mpts52 for cells of 21-52 atoms "
-                        "with --method dao-g")
+                   help="DAO-G weights: mp20_flow, mp20, mpts52, perov_5, carbon_24 or a file")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of DAO-G (default: the weights')")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="S",
+                   help="DAO-P energy guidance strength of DAO-G sampling (default 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 #: methods whose ``weights`` are DAO-G weights (the template method's ``weights`` are its ranking weights)
 DAO_G_WEIGHTS_METHODS = ("auto", "dao-g", "template+dao-g")
 
 
-def _dao_g_weights(args) -> dict:
-    """``{"weights": ...}`` for ``--weights``, refused for a method that samples no DAO-G."""
-    if not args.weights:
-        return {}
-    if args.method not in DAO_G_WEIGHTS_METHODS:
+def _dao_g_weights(args, benchmark: str | None = None) -> dict:
+    """``{"weights": ...}`` for ``--weights`` (or the weights trained for ``benchmark``), refused for a method that
+    samples no DAO-G."""
+    if args.weights and args.method not in DAO_G_WEIGHTS_METHODS:
         raise XtalforgeError(f"--weights (DAO-G weights) applies to --method {', '.join(DAO_G_WEIGHTS_METHODS)}, "
                              f"not {args.method}")
-    return {"weights": args.weights}
+    if args.weights:
+        return {"weights": args.weights}
+    if benchmark is not None and args.method in DAO_G_WEIGHTS_METHODS:
+        from xtalforge.data.protocol import BENCHMARKS
+
+        own = BENCHMARKS[benchmark].dao_g_weights
+        return {"weights": own} if own else {}
+    return {}
 
 
-def _add_guidance(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--guidance", type=float, default=0.0, metavar="S",
-                   help="energy guidance strength s of DAO-G sampling by the shipped DAO-P energy model (default 0 = "
-                   "off; bench/guidance.py measured no gain at s = 1 or 20)")
+def _method_kwargs(args, benchmark: str | None = None) -> dict:
+    """Keyword arguments of the method from the sampling options, only those it takes."""
+    from xtalforge.methods import method_parameters
 
-
-def _rank_note() -> str:
-    from xtalforge.prediction import RANK_NOTE
-
-    return RANK_NOTE.replace("%", "%%")  # argparse formats help strings with %
+    params = method_parameters(args.method)
+    kwargs: dict = {}
+    if args.steps is not None:
+        if "steps" not in params:
+            raise XtalforgeError(f"--steps applies to sampling methods, not {args.method}")
+        kwargs["steps"] = args.steps
+    if args.guidance:
+        if "guidance" not in params:
+            raise XtalforgeError(f"--guidance applies to DAO-G sampling, not {args.method}")
+        kwargs["guidance"] = args.guidance
+    kwargs.update(_dao_g_weights(args, benchmark))
+    return kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
     import xtalforge
-    from xtalforge.prediction import GENERATOR_POOL
 
-    parser = argparse.ArgumentParser(prog="xtalforge", description="Crystal structure prediction on a laptop CPU.")
+    parser = argparse.ArgumentParser(prog="xtalforge", description="Crystal structure prediction on a laptop CPU.",
+                                     epilog="`xtalforge COMMAND --help` for each command; docs/ for how methods work.")
     parser.add_argument("--version", action="version", version=f"xtalforge {xtalforge.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="ranked candidate structures for a formula, written as CIF files")
-    p.add_argument("formula", help="e.g. CsV3Sb5 (reduced: Z is enumerated) or Ga4Te4 (exact cell)")
-    p.add_argument("--n", type=int, default=20, help="number of candidates (default 20)")
-    p.add_argument("--method", default="auto", help="auto (default: template candidates; re-decorated templates "
-                   "and DAO-G samples fill the slots templates leave empty, up to ~1 min of CHGNet per cell; a "
-                   "composition no template fits gets all three in turn), template, redecorate, dao-g")
-    p.add_argument("--no-redecorate", action="store_true",
-                   help="auto without re-decorated templates (no CHGNet calls: seconds instead of up to a minute)")
-    p.add_argument("--relax", default="none", choices=["none", "chgnet"],
-                   help="relax the returned candidates with CHGNet (DAO-G samples after ranking them by consensus)")
-    p.add_argument("--rank-by", default="auto", metavar="{auto,score,dao-p,chgnet,consensus}",
-                   help="order of the candidates: score (the method's own order), dao-p (DAO-P predicted energy), "
-                   "chgnet (CHGNet energy per atom; of the relaxed structures with --relax chgnet), consensus (the "
-                   "structure a generator drew most often first, ties by CHGNet energy); auto (default): the "
-                   "method's order, CHGNet energy with --relax chgnet, consensus for --method dao-g (with --relax "
-                   "too: the samples as drawn are ranked, then the best --n relaxed). " + _rank_note())
-    p.add_argument("--z", type=int, default=None, help="formula units per cell (fixes the cell of a reduced formula)")
-    p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, the best --n "
-                   f"returned (default --n; for --method dao-g at least {GENERATOR_POOL}, unless --relax chgnet with "
-                   "an energy --rank-by, which relaxes every drawn candidate)")
-    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
-    _add_weights(p)
-    _add_guidance(p)
+    p = sub.add_parser("predict", help="ranked candidate structures for a formula, as CIF files and a report",
+                       description="Ranked candidate structures for a formula: CIFs, summary.csv, run.json and "
+                       "index.html in --out. A formula without a common factor (CsV3Sb5) is reduced: every Z that "
+                       "fits is tried and each candidate's Z is shown; --z fixes it.")
+    p.add_argument("formula", help="e.g. CsV3Sb5 (reduced: Z enumerated) or Ga4Te4 (exact cell)")
+    p.add_argument("--n", type=positive_int, default=20, help="number of candidates (default 20)")
+    p.add_argument("--z", type=positive_int, default=None, help="formula units per cell")
+    p.add_argument("--method", default="auto",
+                   help="auto (default), template, redecorate, dao-g; see docs/methods.md")
+    p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax the candidates with CHGNet")
+    p.add_argument("--rank-by", default="auto", choices=RANK_CHOICES,
+                   help="candidate order; auto: the method's, consensus for dao-g, CHGNet energy with --relax")
+    p.add_argument("--pool", type=positive_int, default=None,
+                   help="candidates drawn before ranking (default --n; 60 for dao-g)")
+    p.add_argument("--no-redecorate", action="store_true", help="auto without re-decorated templates (no CHGNet)")
+    p.add_argument("--no-report", action="store_true", help="skip index.html (pictures of the candidates)")
+    _add_sampling(p)
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
-    p.add_argument("--seed", type=int, default=0)
     _add_device(p)
 
-    p = sub.add_parser("evaluate", help="CSP match rate / RMSE of a method on a benchmark or CSV test set")
-    p.add_argument("--data", required=True, help="benchmark name (see `xtalforge datasets`) or a CSV with a cif column")
-    p.add_argument("--method", default="template")
+    p = sub.add_parser("evaluate", help="CSP match rate and RMSE of a method on a benchmark or a CSV of structures",
+                       description="Runs what `predict` runs on every test structure's exact cell and matches the "
+                       "candidates with StructureMatcher (get_rms_dist, stol 0.5, ltol 0.3, angle_tol 10). "
+                       "Resumable: rerun with the same --out.")
+    p.add_argument("--data", required=True, help="benchmark name (`xtalforge datasets`) or a CSV with a cif column")
+    p.add_argument("--method", default="template", help="template (default), auto, dao-g, redecorate")
     p.add_argument("--k", default="1,20", help="comma-separated k values (default 1,20)")
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="evaluate a reproducible random sample of N entries")
+    p.add_argument("--limit", type=positive_int, default=None, help="a reproducible random sample of N entries")
+    p.add_argument("--rank-by", default="auto", choices=RANK_CHOICES, help="candidate order, as for predict")
+    p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, as for predict")
     p.add_argument("--library", default="pooled+aflow", choices=["pooled+aflow", "pooled", "own"],
-                   help="template library / training data: pooled val splits and the AFLOW structures (default, "
-                        "as the shipped library), pooled val splits only, or the benchmark's own val split")
-    p.add_argument("--out", default=None, help="the run's folder: candidates.jsonl, matches.jsonl, report.json; "
-                   "rerun with the same settings to resume (default results/<data>_<method>)")
+                   help="template library: pooled val splits + AFLOW (default), pooled val, own val split")
+    p.add_argument("--out", default=None, help="the run's folder (default results/<data>_<method>)")
     p.add_argument("--workers", type=positive_int, default=None, help="matching processes (default: all cores)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address; default local processes")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: local processes)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per structure pair before giving up")
-    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of diffusion methods")
-    _add_weights(p)
-    _add_guidance(p)
-    p.add_argument("--seed", type=int, default=0)
+    _add_sampling(p)
     _add_device(p)
 
-    p = sub.add_parser("relax", help="relax a structure with a universal potential")
+    p = sub.add_parser("relax", help="relax a structure with CHGNet", description="Relax atoms and cell with "
+                       "CHGNet (FIRE); writes the relaxed CIF and the energy of every step.")
     p.add_argument("file", help="CIF, POSCAR or extxyz file")
-    p.add_argument("--potential", default="chgnet", choices=["chgnet"])
-    p.add_argument("--fmax", type=float, default=0.1, help="force tolerance in eV/A")
-    p.add_argument("--steps", type=positive_int, default=500)
+    p.add_argument("--potential", default="chgnet", choices=["chgnet"], help="universal potential (default chgnet)")
+    p.add_argument("--fmax", type=float, default=0.1, help="force tolerance in eV/A (default 0.1)")
+    p.add_argument("--steps", type=positive_int, default=500, help="most optimiser steps (default 500)")
     p.add_argument("--out", default=None, help="relaxed structure file (default <file>_relaxed.cif)")
 
-    p = sub.add_parser("property", help="predict a property of a structure with shipped weights "
-                       "(fine-tuned DAO-P; composition model for Tc)")
-    p.add_argument("file", nargs="+", help="CIF, POSCAR or extxyz file(s), or compositions (a structure is generated "
-                   "first with --method)")
+    p = sub.add_parser("property", help="predict a property of structures or compositions with shipped weights",
+                       description="Predict a property with the shipped weights (fine-tuned DAO-P; a composition "
+                       "model for Tc). A composition gets a structure from --method first.")
+    p.add_argument("file", nargs="+", help="CIF, POSCAR or extxyz file(s), or compositions")
     p.add_argument("--property", required=True, help="formation_energy, band_gap, tc, bulk_modulus, shear_modulus, "
                    "debye_temperature, thermal_conductivity or thermal_expansion")
-    p.add_argument("--model", default=None, choices=["dao_p", "composition"],
-                   help="model kind (default: the shipped one of the property)")
-    p.add_argument("--method", default="auto", help="CSP method that generates a structure for a composition")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, choices=["dao_p", "composition"], help="model kind (default: shipped)")
+    p.add_argument("--method", default="auto", help="CSP method for compositions (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of that method (default 0)")
 
-    p = sub.add_parser("train", help="train a model (e.g. `xtalforge train dao-g --data mp_20_biternary`)")
-    p.add_argument("model", choices=["dao-g"])
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the model's training script")
+    p = sub.add_parser("train", help="train DAO-G / DAO-P (`xtalforge train dao-g --help`)",
+                       description="Train a model; every option after the model name goes to its training script.")
+    p.add_argument("model", choices=["dao-g"], help="dao-g (its --objective flow / dao-p selects the variant)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the training script (--help lists them)")
 
     sub.add_parser("datasets", help="list the benchmark data sets and the protocol")
     return parser
+
+
+#: --rank-by choices (kept here so building the parser imports nothing heavy)
+RANK_CHOICES = ("auto", "score", "dao-p", "chgnet", "consensus")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train": cmd_train,
                 "datasets": cmd_datasets}[args.command](args)
     except XtalforgeError as exc:
-        print(f"xtalforge: error: {exc}", file=sys.stderr)
+        print("xtalforge: error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("xtalforge: interrupted (finished results are kept; rerun to resume)", file=sys.stderr)
@@ -176,10 +187,7 @@ def cmd_predict(args) -> int:
     from xtalforge.prediction import format_table, predict, write_candidates
 
     t0 = time.perf_counter()
-    kwargs = {} if args.steps is None else {"steps": args.steps}
-    if args.guidance:
-        kwargs["guidance"] = args.guidance
-    kwargs.update(_dao_g_weights(args))
+    kwargs = _method_kwargs(args)
     if args.no_redecorate:
         if args.method != "auto":
             raise XtalforgeError(f"--no-redecorate applies to --method auto, not {args.method}")
@@ -188,49 +196,63 @@ def cmd_predict(args) -> int:
                          device=args.device, rank_by=args.rank_by, pool=args.pool, **kwargs)
     out = Path(args.out or f"xtalforge_{args.formula}")
     settings = {k: v for k, v in vars(args).items() if k != "command"}
-    write_candidates(candidates, out, settings)
+    write_candidates(candidates, out, settings, report=not args.no_report)
     print(format_table(candidates))
-    print(f"\n{len(candidates)} candidates written to {out}/ in {time.perf_counter() - t0:.1f} s")
+    zs = Counter(c.z for c in candidates)
+    cells = ", ".join(f"Z={z}: {k}" for z, k in sorted(zs.items()))
+    print(f"\n{len(candidates)} candidates ({cells}) written to {out}/ in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from xtalforge.data import BENCHMARKS, load_csv, load_split, training_set
     from xtalforge.evaluation import evaluate_csp, markdown_table
-    from xtalforge.methods import get_method, method_parameters
+    from xtalforge.methods import method_parameters
+    from xtalforge.prediction import predictor
 
-    ks = tuple(int(k) for k in args.k.split(","))
+    try:
+        ks = tuple(sorted({int(k) for k in args.k.split(",")}))
+    except ValueError:
+        raise XtalforgeError(f"--k takes comma-separated whole numbers, got '{args.k}'") from None
+    if not ks or ks[0] < 1:
+        raise XtalforgeError(f"--k values must be at least 1, got '{args.k}'")
     out = Path(args.out) if args.out else Path("results") / f"{Path(args.data).name}_{args.method}"
     if out.suffix == ".json":  # the old spelling <folder>/report.json; any other file name would be ignored
         if out.name != "report.json":
             raise XtalforgeError(f"--out is the run's folder (it gets candidates, matches and report.json), "
                                  f"not a report file: {out}")
         out = out.parent
-    if args.data in BENCHMARKS:
+    benchmark = args.data if args.data in BENCHMARKS else None
+    if benchmark:
         test = load_split(args.data, "test")
         pooled, aflow = args.library != "own", args.library == "pooled+aflow"
         library = training_set(args.data, pooled=pooled, aflow=aflow)
     else:
         test = load_csv(args.data)
         library = None
-    params = method_parameters(args.method)
-    kwargs: dict = {"device": args.device} if "device" in params else {}  # the neural methods
-    if args.steps is not None and "steps" in params:
-        kwargs["steps"] = args.steps
-    if args.guidance and "guidance" in params:
-        kwargs["guidance"] = args.guidance
-    kwargs.update(_dao_g_weights(args))
-    if library is not None and "library" in params:
+    kwargs = _method_kwargs(args, benchmark)
+    if library is not None and "library" in method_parameters(args.method):
         from xtalforge.templates.library import benchmark_library
 
         # the protocol-clean library for this benchmark (cached on disk after the first symmetry analysis)
         kwargs["library"] = benchmark_library(args.data, pooled=pooled, aflow=aflow)
-    method = get_method(args.method, **kwargs)
+    method = predictor(args.method, n=max(ks), rank_by=args.rank_by, pool=args.pool, device=args.device, **kwargs)
     report = evaluate_csp(method, test, ks=ks, out_dir=out, limit=args.limit, seed=args.seed,
                           workers=args.workers, scheduler=args.scheduler, library=library, timeout=args.timeout)
+    curve = _plot_curve(out, max(ks), f"{args.method} on {Path(args.data).name}")
     print(markdown_table(report))
-    print(f"\nreport written to {out / 'report.json'}")
+    print(f"\nreport written to {out / 'report.json'}" + (f", match rate against k in {curve}" if curve else ""))
     return 0
+
+
+def _plot_curve(out: Path, k_max: int, title: str) -> Path | None:
+    """``match_rate.png`` of an evaluate run: match rate against k (None when there is nothing to plot)."""
+    from xtalforge.visualize import match_rate_curve, plot_match_rate_curve
+
+    matches = out / "matches.jsonl"
+    if not matches.is_file():
+        return None
+    return plot_match_rate_curve(match_rate_curve(matches, k_max), out / "match_rate.png", title)
 
 
 def cmd_relax(args) -> int:

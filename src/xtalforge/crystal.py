@@ -19,6 +19,15 @@ from xtalforge.errors import StructureError
 
 #: Smallest cell volume per atom accepted as a real crystal (Angstrom^3); below it a lattice is called degenerate.
 MIN_VOLUME_PER_ATOM = 0.1
+#: Longest lattice vector accepted from a file (Angstrom): far above any inorganic cell; beyond it models return NaN
+#: and neighbour searches try to allocate exabytes.
+MAX_LATTICE_LENGTH = 1000.0
+#: Closest two atoms of a file may be (Angstrom; the H-H bond is 0.74): closer is a duplicated or mistyped site.
+MIN_DISTANCE = 0.5
+#: Thinnest cell (volume / largest face area, Angstrom) accepted from a file.
+MIN_CELL_HEIGHT = 0.1
+#: Most atoms a structure file may declare (an xyz count line is checked before any parser trusts it).
+MAX_FILE_ATOMS = 100_000
 
 
 @dataclass(eq=False)
@@ -54,7 +63,8 @@ class Crystal:
     @property
     def volume(self) -> float:
         """Cell volume in Angstrom^3."""
-        return float(abs(np.linalg.det(self.lattice)))
+        with np.errstate(over="ignore"):
+            return float(abs(np.linalg.det(self.lattice)))
 
     @property
     def cart_coords(self) -> np.ndarray:
@@ -63,7 +73,11 @@ class Crystal:
 
     @property
     def formula(self) -> str:
-        return self.to_structure().composition.formula.replace(" ", "")
+        import warnings
+
+        with warnings.catch_warnings():  # pymatgen warns about elements without electronegativity (Og, ...)
+            warnings.simplefilter("ignore")
+            return self.to_structure().composition.formula.replace(" ", "")
 
     def right_handed(self) -> Crystal:
         """The same crystal on a right-handed basis (det(lattice) > 0): a left-handed one has all three lattice
@@ -118,8 +132,7 @@ class Crystal:
                 warnings.simplefilter("ignore")
                 structure = Structure.from_str(text, fmt="cif")
         except Exception as exc:  # pymatgen raises many types for malformed CIFs
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StructureError(f"malformed CIF: {reason}") from None
+            raise StructureError(f"malformed CIF: {one_line(exc)}") from None
         return cls.from_structure(structure, properties)
 
     def to_cif_string(self, symprec: float | None = None) -> str:
@@ -130,25 +143,44 @@ class Crystal:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Crystal:
-        """Read a CIF, POSCAR/CONTCAR, or extxyz file (format chosen from the file name)."""
+        """Read a CIF, POSCAR/CONTCAR, or extxyz file (format chosen from the file name).
+
+        Raises :class:`StructureError` naming the file and the problem: unreadable text, a NaN, singular or
+        implausibly long lattice, atoms on top of each other (see :func:`check_plausible`).
+        """
         path = Path(path)
         if not path.is_file():
             raise StructureError(f"no such file: {path}")
         fmt = _file_format(path)
-        if fmt == "cif":
-            return cls.from_cif_string(path.read_text(errors="replace"))
         try:
-            if fmt == "poscar":
-                from pymatgen.io.vasp import Poscar
+            if fmt == "cif":
+                crystal = cls.from_cif_string(path.read_text(errors="replace"))
+            else:
+                crystal = cls._read_with_library(path, fmt)
+            check_plausible(crystal)
+        except StructureError as exc:
+            raise StructureError(f"{path.name}: {exc}") from None
+        return crystal
 
-                return cls.from_structure(Poscar.from_file(str(path)).structure)
-            from ase.io import read
+    @classmethod
+    def _read_with_library(cls, path: Path, fmt: str) -> Crystal:
+        import warnings
 
-            return cls.from_atoms(read(str(path), format="extxyz"))
+        try:
+            with warnings.catch_warnings():  # parser warnings would add lines to a one-line error
+                warnings.simplefilter("ignore")
+                if fmt == "poscar":
+                    from pymatgen.io.vasp import Poscar
+
+                    return cls.from_structure(Poscar.from_file(str(path)).structure)
+                from ase.io import read
+
+                _check_xyz_counts(path)
+                return cls.from_atoms(read(str(path), format="extxyz"))
         except StructureError:
             raise
-        except Exception as exc:
-            raise StructureError(f"cannot read {path.name} as {fmt}: {exc}") from None
+        except Exception as exc:  # pymatgen and ASE raise many types for malformed files
+            raise StructureError(f"cannot read it as {fmt}: {one_line(exc)}") from None
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write a CIF, POSCAR, or extxyz file atomically (temporary name, then rename)."""
@@ -189,9 +221,61 @@ def validate_arrays(lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.nd
         raise StructureError("fractional coordinates contain NaN or infinite values")
     if numbers.min() < 1 or numbers.max() > 118:
         raise StructureError(f"atomic numbers must be in 1..118, got {numbers.min()}..{numbers.max()}")
-    volume = abs(float(np.linalg.det(lattice)))
+    with np.errstate(over="ignore"):  # a 1e200 A lattice overflows to an infinite volume; check_cell_size refuses it
+        volume = abs(float(np.linalg.det(lattice)))
     if volume < MIN_VOLUME_PER_ATOM * numbers.shape[0]:
         raise StructureError(f"degenerate lattice: cell volume {volume:.3g} A^3 for {numbers.shape[0]} atoms")
+
+
+def check_plausible(crystal: Crystal) -> None:
+    """Raise :class:`StructureError` for a crystal no file of a real structure describes: a lattice vector longer
+    than ``MAX_LATTICE_LENGTH``, a cell thinner than ``MIN_CELL_HEIGHT`` or two atoms closer than ``MIN_DISTANCE``
+    (``Crystal`` itself accepts all three, since generated samples can be that bad before ranking)."""
+    check_cell_size(crystal.lattice)
+    structure = crystal.to_structure()
+    centers, neighbors, _, distances = structure.get_neighbor_list(MIN_DISTANCE)
+    if len(distances):
+        i, j, d = int(centers[0]), int(neighbors[0]), float(distances[0])
+        raise StructureError(f"atoms {i + 1} and {j + 1} ({structure[i].specie}, {structure[j].specie}) are "
+                             f"{d:.3f} A apart (closer than {MIN_DISTANCE} A): duplicated or overlapping sites")
+
+
+def check_cell_size(lattice: np.ndarray) -> None:
+    """Raise :class:`StructureError` for a lattice vector longer than ``MAX_LATTICE_LENGTH`` or a cell thinner than
+    ``MIN_CELL_HEIGHT`` (what neighbour searches cannot handle in bounded memory)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 entries overflow to inf, which is then refused
+        lengths = np.linalg.norm(lattice, axis=1)
+        faces = np.linalg.norm(np.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]]), axis=1)
+        volume = abs(float(np.linalg.det(lattice)))
+    if not lengths.max() <= MAX_LATTICE_LENGTH:
+        raise StructureError(f"lattice vector of {lengths.max():.4g} A; at most {MAX_LATTICE_LENGTH:g} A is accepted")
+    # heights of the cell (volume / face area): a near-flat cell makes neighbour searches enumerate millions of images
+    height = volume / faces.max() if faces.max() > 0 else 0.0
+    if not height >= MIN_CELL_HEIGHT:
+        raise StructureError(f"degenerate lattice: the cell is {height:.3g} A thick (at least {MIN_CELL_HEIGHT} A)")
+
+
+def _check_xyz_counts(path: Path) -> None:
+    """Raise :class:`StructureError` unless every frame of an (ext)xyz file starts with an atom count from 1 to
+    ``MAX_FILE_ATOMS`` followed by that many lines: ASE's reader hung on a 400-digit count."""
+    with open(path, "rb") as fh:
+        lines = fh.read().splitlines()
+    pos = 0
+    while pos < len(lines) and lines[pos].strip():
+        head = lines[pos].strip()
+        if not head.isdigit() or len(head) > len(str(MAX_FILE_ATOMS)) or not 1 <= int(head) <= MAX_FILE_ATOMS:
+            raise StructureError(f"line {pos + 1} should be an atom count from 1 to {MAX_FILE_ATOMS}, got "
+                                 f"'{head[:20].decode(errors='replace')}'")
+        pos += int(head) + 2
+        if pos > len(lines):
+            raise StructureError(f"the file ends inside a frame of {int(head)} atoms")
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (whitespace runs collapsed) and at most ``limit`` characters, for errors
+    that quote a library's multi-line message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,8 +1,8 @@
 """The default CSP pipeline (``method="auto"``): template candidates first, generated ones where templates run out.
 
-Templates are the strongest method wherever the training data hold a structure with the target's anonymised formula
-(bench/results/template_csp_*.json); a generative model is the only source of candidates where they do not (the
-"template-free" compositions). One registered method does both, so ``xtalforge predict`` and ``xtalforge evaluate
+Templates are the strongest method wherever the training data hold a structure with the target's anonymised
+formula; a generative model is the only source of candidates where they do not (the "template-free" compositions;
+docs/methods.md). One registered method does both, so ``xtalforge predict`` and ``xtalforge evaluate
 --method auto`` run the same code.
 """
 
@@ -14,6 +14,7 @@ from xtalforge.composition import Target
 from xtalforge.crystal import Crystal
 from xtalforge.errors import AtomLimitError
 from xtalforge.methods import CSPMethod, get_method, register
+from xtalforge.ranking import GENERATOR_POOL, consensus_leaders
 
 #: Generated candidates are scored below every template candidate (template scores are log-probabilities > -1e3).
 GENERATED_SCORE_OFFSET = -1e3
@@ -22,67 +23,6 @@ GENERATED_SCORE_OFFSET = -1e3
 def in_turn(*sources: Sequence) -> list:
     """The sources' items taken in turn (first of each, then second of each, ...); a short source is skipped."""
     return [s[i] for i in range(max(map(len, sources), default=0)) for s in sources if i < len(s)]
-
-
-class BySize(CSPMethod):
-    """Several models of one method, each cell sent to the one with the smallest atom limit that holds it.
-
-    Default DAO-G is this: the MP-20 weights (cells <= 20 atoms, trained only on such cells and better on them)
-    and the MPTS-52 weights (fine-tuned from them on cells up to 52 atoms) for larger cells. A composition with
-    unknown Z goes to the first model that can hold one of its cells (that model's Z prior picks Z).
-    """
-
-    def __init__(self, methods: Sequence[CSPMethod]) -> None:
-        if not methods:
-            raise ValueError("BySize needs at least one method")
-        self.methods = sorted(methods, key=lambda m: m.max_atoms)
-        self.name = self.methods[0].name
-        self.max_atoms = self.methods[-1].max_atoms
-
-    def settings(self) -> dict:
-        return {**self.methods[0].settings(),
-                "by_size": [{"max_atoms": m.max_atoms, **m.settings()} for m in self.methods]}
-
-    def _routes(self, sizes: Sequence[int]) -> list[int]:
-        """Index into ``self.methods`` for each size."""
-        limits = [m.max_atoms for m in self.methods]
-        routes = []
-        for n in sizes:
-            fits = [j for j, limit in enumerate(limits) if n <= limit]
-            if not fits:
-                raise AtomLimitError(f"a target has {n} atoms; the largest {self.name} weights allow {self.max_atoms}")
-            routes.append(fits[0])
-        return routes
-
-    def _per_method(self, sizes: Sequence[int], call) -> list:
-        """``call(method, indices_routed_to_it)`` for each method; results put back in input order."""
-        routes = self._routes(sizes)
-        out: list = [None] * len(sizes)
-        for j, method in enumerate(self.methods):
-            idx = [i for i, r in enumerate(routes) if r == j]
-            if idx:
-                for i, result in zip(idx, call(method, idx)):
-                    out[i] = result
-        return out
-
-    def sample_cells(self, cells: Sequence[Sequence[int]], seed: int = 0, init: Sequence[Crystal] | None = None,
-                     start_t: int | None = None) -> list[Crystal | None]:
-        """One sample per cell from the model its size is routed to (``init`` / ``start_t``: see DAOGMethod)."""
-        return self._per_method([len(c) for c in cells], lambda m, idx: m.sample_cells(
-            [cells[i] for i in idx], seed, init=None if init is None else [init[i] for i in idx], start_t=start_t))
-
-    def generate(self, targets: Sequence[Sequence[int]], n: int, seed: int = 0) -> list[list[Crystal]]:
-        return self._per_method([len(t) for t in targets],
-                                lambda m, idx: m.generate([targets[i] for i in idx], n, seed))
-
-    def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
-        for method in self.methods:
-            try:
-                return method.predict_target(target, n, seed)
-            except AtomLimitError:
-                continue
-        raise AtomLimitError(f"{target.formula} needs more atoms than the largest {self.name} weights allow "
-                             f"({self.max_atoms})")
 
 
 class TemplatesThenGenerator(CSPMethod):
@@ -96,14 +36,13 @@ class TemplatesThenGenerator(CSPMethod):
       atoms' species changed, ranked by CHGNet energy; see :mod:`xtalforge.templates.redecorate`), a template
       candidate, a generator sample, and again, each source taking about a third of the slots (the template
       candidates one more than a third) and a short source's slots going to the next. The re-decorated template leads
-      because it was right more often at k=1 on val entries made template-free (bench/redecorate.py --split
-      val-loo). Without a ``redecorator``, template candidates alternate with generator samples (half each).
-      Measured on the MP-20 bi/ternary test entries absent from the pooled library: bench/results/redecorate.json.
+      because it was right more often first on val entries made template-free. Without a ``redecorator``, template
+      candidates alternate with generator samples (half each).
 
     The generated candidates are the most agreed-on distinct structures of a pool of ``generator_pool`` samples that
     match no template or re-decorated candidate of the list (ranked as ``--method dao-g`` ranks; a pool of 1: the
     samples in their own order). Where a template exists, no sample is spent on its list: DAO-G's votes on template
-    candidates lowered k=1 (bench/template_votes.py).
+    candidates made the first candidate worse.
 
     The generator is created on first use (``generator_factory()``), so a composition that templates fill never loads
     the network. Targets with more atoms than the generator allows get no generated candidates.
@@ -162,8 +101,6 @@ class TemplatesThenGenerator(CSPMethod):
         own score."""
         if self.generator_pool <= 1:
             return sorted(pool, key=lambda c: -float(c.properties.get("score", 0.0)))[:k]
-        from xtalforge.ranking import consensus_leaders
-
         return consensus_leaders(pool, k, exclude=offered)
 
     def _merge(self, templates: list[Crystal], redecorated: list[Crystal], generated: list[Crystal],
@@ -242,30 +179,22 @@ def _make_auto(library=None, weights: str | None = None, steps: int | None = Non
     """``get_method("auto", library=..., weights=..., steps=None, sampler=None, device="cpu", guidance=0.0,
     redecorate_candidates=1000, redecorate_short_lists=True, generator_pool=GENERATOR_POOL)``.
 
-    The generator is DAO-G with ``weights``, by default the MP-20 weights alone, so only cells of <= 20 atoms get
-    generated candidates: the 21-52-atom weights (``weights="mpts52"``) matched none of 60 sampled MPTS-52 test
-    entries whose short template lists have no match (920 samples; 11% of such lists of <= 20 atoms are rescued by the
-    MP-20 weights), at ~1 CPU-s per sample (bench/results/dao_g_with_templates.json). Template-free targets also get
-    re-decorated templates from the same library, at most ``redecorate_candidates`` of them evaluated by CHGNet
-    (0: none, templates and samples alternate as before), and so do targets with fewer than ``n`` template candidates
-    (``redecorate_short_lists``): on the 124 MP-20 bi/ternary test entries whose short template lists match nothing,
-    k=20 7.3% -> 30.6% (bench/redecorate.py --split test-short), at ~25 CPU-s per such target. The generated slots
-    take the most agreed-on distinct structures of a pool of ``generator_pool`` samples that no other candidate of
-    the list matches (:func:`~xtalforge.ranking.consensus_leaders`, as ``--method dao-g`` ranks; 1: the first samples
-    by their own score, as before).
+    The generator is DAO-G with ``weights``, by default the shipped weights for cells of <= 20 atoms alone (larger
+    cells get no generated candidates: the 21-52-atom weights add nothing there, see docs/methods.md). Template-free
+    targets, and targets with fewer than ``n`` template candidates (``redecorate_short_lists``), also get re-decorated
+    templates from the same library, at most ``redecorate_candidates`` of them evaluated by CHGNet (0: none). The
+    generated slots take the most agreed-on distinct structures of a pool of ``generator_pool`` samples that no
+    other candidate of the list matches (:func:`~xtalforge.ranking.consensus_leaders`; 1: the first samples by their
+    own score).
     """
-    from xtalforge.prediction import GENERATOR_POOL
-
     templates = get_method("template", library=library)
     redecorator = None
     if redecorate_candidates > 0:
         redecorator = get_method("redecorate", library=templates.library, max_candidates=redecorate_candidates)
 
     def generator() -> CSPMethod:
-        from xtalforge.models.dao_g import default_weights
-
-        return get_method("dao-g", weights=weights or default_weights(guidance), steps=steps, sampler=sampler,
-                          device=device, step_lr=step_lr, guidance=guidance)
+        return get_method("dao-g", weights=weights, steps=steps, sampler=sampler, device=device, step_lr=step_lr,
+                          guidance=guidance, large_cells=False)
 
     return TemplatesThenGenerator(templates, generator, redecorator=redecorator,
                                   redecorate_short_lists=redecorate_short_lists,

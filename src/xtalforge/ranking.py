@@ -14,8 +14,9 @@ better**; :func:`rank` turns it into an order (stable, non-finite values last):
   one candidate of each matching group before the repeats (:func:`consensus_order`); implausible candidates match
   nothing. Its value is the position.
 
-Measured rank-1 match rates of each ranking next to oracle-of-20: ``bench/ranking.py`` ->
-``bench/results/ranking_mp20.json``.
+:class:`RankedPool` is a method drawing a pool of candidates and returning the best ``n`` under one ranking: what
+``predict`` and ``evaluate`` both run. Measured rank-1 match rates of each ranking: ``bench/ranking.py``,
+docs/results.md.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xtalforge.composition import Target
 from xtalforge.crystal import Crystal
 from xtalforge.errors import StructureError, XtalforgeError
+from xtalforge.methods import CSPMethod
 from xtalforge.relax.chgnet import MIN_VOLUME_PER_ATOM
 
 if TYPE_CHECKING:
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
 
 #: Rankings :func:`rank` understands (lower value = better candidate for every one of them).
 RANKINGS = ("score", "dao-p", "chgnet", "chgnet-relax", "consensus")
+#: Samples a generator draws per composition before consensus picks the best ``n`` (chosen on MP-20 tune rows,
+#: docs/methods.md).
+GENERATOR_POOL = 60
 #: Shipped DAO-P weights used for ``dao-p`` ranking.
 DAO_P_WEIGHTS = "energy_mp20"
 #: ... nor about cells with two atoms closer than this (Angstrom; CDVAE/DiffCSP structural validity).
@@ -125,8 +131,7 @@ def consensus_order(matches: np.ndarray, energies: np.ndarray) -> np.ndarray:
         energies: (k,) tie-break, lower first (NaN last), e.g. CHGNet eV/atom.
 
     Candidates are preferred by the number of others they match, then by energy, and grouped by
-    :func:`leaders_first`. (Trading votes against energy, e.g. one vote per 0.2 eV/atom, was measured and not
-    adopted: ``bench/consensus_policies.py``.)
+    :func:`leaders_first`. (Trading votes against energy did not rank better; docs/methods.md.)
     """
     matches = np.asarray(matches, dtype=bool) & ~np.eye(len(energies), dtype=bool)
     energy = np.where(np.isfinite(energies), energies, np.inf)
@@ -248,3 +253,45 @@ def rank(crystals: Sequence[Crystal], by: str = "score", steps: int = 20, thread
     crystals; use :func:`chgnet_relaxed_energy` to get them).
     """
     return order_of(rank_values(crystals, by, steps, threads)[0])
+
+
+def rank_crystals(crystals: Sequence[Crystal], by: str) -> list[Crystal]:
+    """The crystals in the order of the ranking ``by``, each with ``properties["rank_by"]`` and ``["rank_value"]``
+    (lower is better; None where the ranking could not evaluate it). ``score`` keeps the method's own order, which
+    is not always a plain sort by score (e.g. template candidates re-ranked inside the method)."""
+    crystals = list(crystals)
+    values = rank_values(crystals, by)[0]
+    order = np.arange(len(crystals)) if by == "score" else order_of(values)
+    for c, v in zip(crystals, values):
+        c.properties["rank_by"], c.properties["rank_value"] = by, float(v) if np.isfinite(v) else None
+    return [crystals[i] for i in order]
+
+
+class RankedPool(CSPMethod):
+    """A method that draws ``pool`` candidates of ``inner`` per target and returns the best ``n`` under ``by``.
+
+    Every candidate records the ranking (``rank_by``, ``rank_value``) and the size of the pool it was chosen from
+    (``ranked_among``), so an output shows why it is where it is.
+    """
+
+    def __init__(self, inner: CSPMethod, by: str, pool: int) -> None:
+        if check_ranking(by) == "chgnet-relax":
+            raise XtalforgeError("a ranked pool orders candidates as drawn; relax them afterwards")
+        self.inner, self.by, self.pool = inner, by, int(pool)
+        self.name, self.max_atoms = inner.name, inner.max_atoms
+
+    def settings(self) -> dict:
+        return {**self.inner.settings(), "rank_by": self.by, "pool": self.pool}
+
+    def _best(self, crystals: list[Crystal], n: int) -> list[Crystal]:
+        drawn = len(crystals)
+        best = rank_crystals(crystals, self.by)[:n] if crystals else []
+        for c in best:
+            c.properties["ranked_among"] = drawn
+        return best
+
+    def generate(self, targets: Sequence[Sequence[int]], n: int, seed: int = 0) -> list[list[Crystal]]:
+        return [self._best(row, n) for row in self.inner.generate(targets, max(n, self.pool), seed)]
+
+    def predict_target(self, target: Target, n: int, seed: int = 0) -> list[Crystal]:
+        return self._best(self.inner.predict_target(target, max(n, self.pool), seed), n)

@@ -4,7 +4,7 @@
         -> CrystalBatch
 
 ``model`` is a :class:`~xtalforge.models.dao_g.DAOG` (anything with ``.schedule`` and ``.score``; for ``flow`` a
-:class:`~xtalforge.models.dao_g_flow.DAOGFlow`, with ``.velocity``); ``batch`` holds
+:class:`~xtalforge.models.dao_g.flow.DAOGFlow`, with ``.velocity``); ``batch`` holds
 the compositions (``types``, ``mask``). Without ``start_t`` sampling starts from pure noise (L ~ N(0, I),
 F ~ U[0, 1)); with ``start_t`` the batch's own lattice and coordinates are noised to ``start_t`` first and then
 denoised, which refines a given structure (e.g. a template candidate) instead of generating from scratch.
@@ -155,7 +155,7 @@ def sample_flow(model, batch: CrystalBatch, steps: int = 50, step_lr: float = 0.
                 generator: torch.Generator | None = None, guidance: Guidance | None = None,
                 callback: Callable[[dict], None] | None = None, start_t: int | None = None,
                 lattice_clip: float | None = 3.0, coord_scale: float = 1.0, anti_anneal: float = 0.0) -> CrystalBatch:
-    """Euler integration of a flow-matching DAO-G (:class:`~xtalforge.models.dao_g_flow.DAOGFlow`) from s = 0 (or
+    """Euler integration of a flow-matching DAO-G (:class:`~xtalforge.models.dao_g.flow.DAOGFlow`) from s = 0 (or
     from the batch's structure on its path at ``s = 1 - start_t / T``) to s = 1: 1 network call per step.
 
     ``coord_scale`` multiplies the coordinate velocity, ``anti_anneal`` a further ``1 + anti_anneal * s`` (FlowMM's

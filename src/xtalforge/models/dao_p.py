@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from xtalforge.backbone.crysformer import CrysformerConfig
+from xtalforge.checkpoints import WEIGHTS_DIR, save_atomic
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import CrystalBatch, collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset
 from xtalforge.device import torch_device
 from xtalforge.errors import XtalforgeError
-from xtalforge.models.dao_g import DAOG, WEIGHTS_DIR, save_atomic
+from xtalforge.models.dao_g.model import DAOG
 
 # clean inputs are evaluated at t = 1 of T (sigma_F = 0.005 fractional units, lattice noise ~0.006 of L): the
 # least-noised level the diffusion loss trains, so the energy head is never asked about an unseen time embedding

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from xtalforge.checkpoints import WEIGHTS_DIR
 from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
-from xtalforge.models.dao_g import WEIGHTS_DIR
 from xtalforge.properties.baseline import CompositionPropertyModel
 from xtalforge.properties.regressor import PropertyRegressor
 
@@ -100,9 +100,9 @@ def resolve_structure(source: Crystal | str | os.PathLike, method: str = "auto",
     ``properties["generated_by"]`` names the method.
     """
     if isinstance(source, Crystal):
-        return source
+        return _supported(source, "the crystal")
     if Path(source).is_file():
-        return Crystal.read(source)
+        return _supported(Crystal.read(source), Path(source).name)
     from xtalforge.composition import Target
     from xtalforge.prediction import predict
 
@@ -112,6 +112,18 @@ def resolve_structure(source: Crystal | str | os.PathLike, method: str = "auto",
         raise XtalforgeError(f"'{source}' is neither a structure file nor a composition ({exc})") from None
     crystal = predict(str(source), n=1, method=method, seed=seed)[0].crystal
     crystal.properties["generated_by"] = method
+    return _supported(crystal, f"'{source}'")
+
+
+def _supported(crystal: Crystal, name: str) -> Crystal:
+    """``crystal``, if the property models know its elements (their tables stop at Z = NUM_ELEMENTS; heavier atoms
+    were silently read as the last one)."""
+    from xtalforge.backbone.elements import NUM_ELEMENTS
+
+    heavy = sorted({int(z) for z in crystal.numbers if z > NUM_ELEMENTS})
+    if heavy:
+        raise XtalforgeError(f"{name} has elements with Z = {', '.join(map(str, heavy))}; the property models cover "
+                             f"Z <= {NUM_ELEMENTS}")
     return crystal
 
 

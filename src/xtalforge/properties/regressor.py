@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from xtalforge.backbone.crysformer import Crysformer, CrysformerConfig
+from xtalforge.checkpoints import save_atomic
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset
 from xtalforge.device import torch_device
 from xtalforge.errors import XtalforgeError
-from xtalforge.models.dao_g import save_atomic
 from xtalforge.models.dao_p import CLEAN_T, DAOP
 
 FORMAT = "xtalforge-property-1"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xtalforge.crystal import Crystal
+from xtalforge.crystal import Crystal, check_cell_size, check_plausible, one_line
 from xtalforge.errors import StructureError, XtalforgeError
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,10 @@ def relax(
     if optimizer not in OPTIMIZERS:
         raise XtalforgeError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
     crystal = _as_crystal(crystal_or_structure).right_handed()  # CHGNet's stress needs det(lattice) > 0
+    try:  # a 10^6 A cell made CHGNet's neighbour search ask for exabytes (MemoryError)
+        check_cell_size(crystal.lattice)
+    except StructureError as exc:
+        raise StructureError(f"CHGNet cannot relax {crystal.formula}: {exc}") from None
     atoms = crystal.to_atoms()
     n = len(atoms)
     _check_not_collapsed(atoms, crystal.formula)
@@ -148,12 +152,16 @@ def relax(
             opt.attach(lambda: _check_not_collapsed(atoms, crystal.formula), interval=1)
             converged = bool(opt.run(fmax=fmax, steps=int(steps)))
         except (ValueError, RuntimeError) as exc:  # CHGNet raises these for isolated atoms or broken graphs
-            raise StructureError(f"CHGNet cannot relax {crystal.formula}: {str(exc).splitlines()[0]}") from None
+            raise StructureError(f"CHGNet cannot relax {crystal.formula}: {one_line(exc)}") from None
     taken = int(opt.nsteps)
     trace = np.asarray(energies, dtype=np.float64)  # ASE calls observers at the start and after every step
     props = {**crystal.properties, "energy_per_atom": float(trace[-1]), "relax_steps": taken,
              "relax_converged": converged}
     relaxed = Crystal(np.array(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers, props)
+    try:  # a start with atoms barely apart can be pushed onto each other: that is no relaxed structure
+        check_plausible(relaxed)
+    except StructureError as exc:
+        raise StructureError(f"CHGNet relaxation of {crystal.formula} failed: {exc}") from None
     return RelaxResult(relaxed, trace, converged, taken)
 
 

@@ -21,7 +21,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,100 +33,23 @@ from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import MatchTolerance, Reduced, reduce_structure, rms_dist_reduced
 from xtalforge.methods import CSPMethod, register
 from xtalforge.templates.chemistry import NUM_ELEMENTS, substitution_log_prob
-from xtalforge.templates.library import SYMPREC, TemplateLibrary, anonymous_key, row_ids
+from xtalforge.templates.library import SHIPPED_LIBRARY, SYMPREC, TemplateLibrary, anonymous_key, row_ids
 from xtalforge.templates.ranker import (
     TemplateRanker,
     candidate_features,
     first_shell_contacts,
     type_logsumexp,
 )
+from xtalforge.templates.scoring import RankWeights, StructureTypes, TemplatePool
 
 log = logging.getLogger(__name__)
 
-#: The shipped library (pooled val splits of the four benchmarks; see template_library.md beside it).
-SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "weights" / "template_library.npz"
 #: Most element-to-slot mappings tried per template group (a 5-element equiatomic cell has 120).
 MAX_MAPPINGS = 720
 #: Most StructureMatcher comparisons per target when removing duplicate candidates (each costs ~5-30 ms).
 MAX_COMPARISONS = 12
 #: The learned ranker re-orders this many best structure types of the hand-made score (the rest follow them).
 RERANK_TOP = 40
-
-
-@dataclass(frozen=True)
-class RankWeights:
-    """How a candidate's log-score is put together.
-
-    Defaults come from leave-one-out on the val splits (bench/tune_template_weights.py): a stability penalty made
-    every benchmark worse (Carbon-24 k=1 25% -> 18% at 5 per eV/atom), so it is off by default.
-
-    Attributes:
-        substitution: weight of the summed substitution log-odds of the slots.
-        stability: penalty per eV/atom that the template lies above the most stable entry of its chemical system.
-        temperature: the group score is ``temperature * logsumexp(member scores / temperature)``; small values make
-            the best single template decide, large ones favour structure types many templates share.
-        supercell: penalty for a template that must be repeated to reach the target's atom count.
-        merge: penalty per template site set merged into another one.
-    """
-
-    substitution: float = 1.0
-    stability: float = 0.0
-    temperature: float = 0.5
-    supercell: float = 3.0
-    merge: float = 4.0
-
-
-@dataclass
-class _Pool:
-    """(template, mapping) pairs of one template group, with the features their score is made of."""
-
-    template: np.ndarray  # (P,) library rows
-    elements: np.ndarray  # (P, S) target element on each template slot
-    slots: np.ndarray  # (P, S) template element of each slot
-    substitution: np.ndarray  # (P,) substitution log-odds summed over slots
-    stability: np.ndarray  # (P,) template's eV/atom above the most stable entry of its system
-    penalty: float  # supercell / merge penalty of the group
-    multiplier: int  # template cells per target cell
-    counts: np.ndarray  # (S,) atoms on each slot in the target cell
-
-    def score(self, w: RankWeights) -> np.ndarray:
-        """(P,) log-score of each pair."""
-        return w.substitution * self.substitution - w.stability * self.stability - self.penalty
-
-    def target_atoms(self, j: int, template_atoms: np.ndarray) -> np.ndarray:
-        """(N,) target element of each template atom under mapping ``j`` (``template_atoms``: (N,) its elements)."""
-        slot_of_atom = np.argmax(template_atoms[:, None] == self.slots[j][None, :], axis=1)
-        return self.elements[j][slot_of_atom]
-
-    def take(self, keep: np.ndarray) -> _Pool:
-        return _Pool(self.template[keep], self.elements[keep], self.slots[keep], self.substitution[keep],
-                     self.stability[keep], self.penalty, self.multiplier, self.counts)
-
-
-@dataclass
-class _Types:
-    """Candidates grouped into structure types (one prototype with the same target element on each site set).
-
-    Attributes:
-        origin: (P, 2) pool index and row of every pair.
-        type_of: (P,) structure type of every pair.
-        score: (T,) ``temperature * logsumexp(member scores / temperature)`` (the learned ranker's score for the
-            types it re-ranked, when one is used).
-        representative: (T,) best-scoring pair of each type.
-        ranked: (T,) types, best first.
-        hand_score: (T,) the hand-made score (equal to ``score`` without a learned ranker).
-    """
-
-    origin: np.ndarray
-    type_of: np.ndarray
-    score: np.ndarray
-    representative: np.ndarray
-    ranked: np.ndarray
-    hand_score: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.hand_score is None:
-            self.hand_score = self.score
 
 
 class TemplateCSP(CSPMethod):
@@ -240,7 +163,7 @@ class TemplateCSP(CSPMethod):
             types = self._rerank(pools, types, numbers)
         return self._build_ranked(pools, types, numbers, n)
 
-    def _rerank(self, pools: list[_Pool], types: _Types, numbers: np.ndarray) -> _Types:
+    def _rerank(self, pools: list[TemplatePool], types: StructureTypes, numbers: np.ndarray) -> StructureTypes:
         """Re-order the best ``RERANK_TOP`` types with the learned ranker; the others follow in hand-made order.
 
         The re-ordered types take over the hand-made scores of the places they move to, so scores stay comparable
@@ -250,12 +173,12 @@ class TemplateCSP(CSPMethod):
         score = types.score.copy()
         score[new] = types.score[top]
         ranked = np.concatenate([new, types.ranked[RERANK_TOP:]])
-        return _Types(types.origin, types.type_of, score, types.representative, ranked, types.score)
+        return StructureTypes(types.origin, types.type_of, score, types.representative, ranked, types.score)
 
-    def _pools(self, numbers: np.ndarray, n: int, exact_only: bool = False) -> list[_Pool]:
+    def _pools(self, numbers: np.ndarray, n: int, exact_only: bool = False) -> list[TemplatePool]:
         """Scored template groups for a target cell, widening retrieval level by level until ``n`` prototypes."""
         elements, counts = np.unique(numbers, return_counts=True)
-        pools: list[_Pool] = []
+        pools: list[TemplatePool] = []
         levels = list(self._retrieval_levels(counts))
         for level in levels[:1] if exact_only else levels:
             for key, multiplier, penalty in level:
@@ -291,7 +214,7 @@ class TemplateCSP(CSPMethod):
 
     def _score_group(
         self, key: tuple[int, ...], multiplier: int, penalty: float, elements: np.ndarray, counts: np.ndarray
-    ) -> _Pool | None:
+    ) -> TemplatePool | None:
         group = self.library.group(key)
         if group is None:
             return None
@@ -302,14 +225,14 @@ class TemplateCSP(CSPMethod):
         # sub[f, g] = sum_j S[target element on slot j, template element on slot j]
         sub = self._substitution[target_on_slot[:, None, :], group.slots[None, :, :]].sum(axis=-1)
         f_idx, g_idx = (x.ravel() for x in np.indices(sub.shape))
-        pool = _Pool(group.indices[g_idx], target_on_slot[f_idx], group.slots[g_idx], sub.ravel(),
+        pool = TemplatePool(group.indices[g_idx], target_on_slot[f_idx], group.slots[g_idx], sub.ravel(),
                      self.library.stability[group.indices[g_idx]], penalty, multiplier,
                      np.asarray(key, np.int64) * multiplier)
         if len(pool.template) > self.pool_size:
             pool = pool.take(np.argsort(-pool.score(self.weights), kind="stable")[: self.pool_size])
         return pool
 
-    def _structure_types(self, pools: list[_Pool], weights: RankWeights) -> _Types:
+    def _structure_types(self, pools: list[TemplatePool], weights: RankWeights) -> StructureTypes:
         """Group pairs into structure types and score each type by the log-sum-exp of its members."""
         lib = self.library
         width = max(p.elements.shape[1] for p in pools)
@@ -329,9 +252,10 @@ class TemplateCSP(CSPMethod):
         first[1:] = type_of[by_type[1:]] != type_of[by_type[:-1]]
         representative = np.empty(n_types, np.int64)
         representative[type_of[by_type[first]]] = by_type[first]
-        return _Types(origin, type_of, type_score, representative, np.argsort(-type_score, kind="stable"))
+        return StructureTypes(origin, type_of, type_score, representative, np.argsort(-type_score, kind="stable"))
 
-    def _build_ranked(self, pools: list[_Pool], types: _Types, numbers: np.ndarray, n: int) -> list[Crystal]:
+    def _build_ranked(self, pools: list[TemplatePool], types: StructureTypes, numbers: np.ndarray,
+                      n: int) -> list[Crystal]:
         """The best ``n`` structure types as crystals, dropping any that matches a better one.
 
         Only candidates whose templates share a space group are compared: that is where duplicates come from
@@ -366,7 +290,7 @@ class TemplateCSP(CSPMethod):
                 break
         return out
 
-    def _build(self, pool: _Pool, j: int, numbers: np.ndarray) -> Crystal:
+    def _build(self, pool: TemplatePool, j: int, numbers: np.ndarray) -> Crystal:
         """The candidate crystal of pair ``j`` of ``pool``: template atoms relabelled, volume rescaled."""
         lib = self.library
         i = int(pool.template[j])
@@ -383,7 +307,7 @@ class TemplateCSP(CSPMethod):
         props = {"template_id": str(lib.ids[i]), "spacegroup": int(lib.spacegroup[i])}
         return Crystal(lattice, frac, new_numbers, props)
 
-    def _reduced_candidate(self, pool: _Pool, j: int) -> Reduced:
+    def _reduced_candidate(self, pool: TemplatePool, j: int) -> Reduced:
         """Candidate ``j`` of ``pool`` after the matcher's preprocessing (Niggli cell, primitive cell).
 
         Relabelling a template keeps its sites, so the template's reduced cell (computed once per template) with the

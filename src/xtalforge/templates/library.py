@@ -20,6 +20,9 @@ from xtalforge.crystal import Crystal, atomic_save_npz
 from xtalforge.data.dataset import CrystalDataset
 from xtalforge.errors import XtalforgeError
 
+#: The shipped library (pooled val splits of the four benchmarks; see template_library.md beside it).
+SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "weights" / "template_library.npz"
+
 #: Per-atom energy labels (eV/atom) taken from a dataset, first present column wins. Which one an entry used is kept,
 #: because their zero points differ (formation energy vs total energy).
 ENERGY_COLUMNS = ("formation_energy_per_atom", "heat_ref", "energy_per_atom")
@@ -419,7 +422,6 @@ def benchmark_library(benchmark: str, pooled: bool = False, use_cache: bool = Tr
     path = cache_dir() / "templates" / name
     if use_cache and path.is_file():
         return TemplateLibrary.load(path)
-    from xtalforge.templates.csp import SHIPPED_LIBRARY
 
     # the shipped library holds every val split: reuse its symmetry labels
     known = TemplateLibrary.load(SHIPPED_LIBRARY) if SHIPPED_LIBRARY.is_file() else None

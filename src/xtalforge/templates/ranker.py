@@ -16,7 +16,7 @@ how the data were split, not chemistry, and wrong for a user whose composition i
 
 No feature is computed over the whole library (how many entries share a prototype, energy above the lowest entry of
 a chemical system, the fitted volume model): in leave-one-out training those have seen the held-out target, which a
-test target never is. A version with such features scored +13 points of k=1 on val and -0.7 on the MP-20 test split.
+test target never is, so such features help on val and not on test (the card tells the story).
 """
 
 from __future__ import annotations
@@ -25,22 +25,28 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from xtalforge.crystal import atomic_save_npz
 from xtalforge.errors import XtalforgeError
 from xtalforge.templates.chemistry import covalent_volumes, element_descriptors
-
-if TYPE_CHECKING:  # pragma: no cover
-    from xtalforge.templates.csp import TemplateCSP, _Pool, _Types
+from xtalforge.templates.scoring import RankWeights, StructureTypes, TemplatePool
 
 #: The shipped ranker (see template_ranker.md beside it).
 SHIPPED_RANKER = Path(__file__).resolve().parent.parent / "weights" / "template_ranker.npz"
 
 #: Temperatures (nats) of the member votes among the features.
 KERNEL_WIDTHS = (0.25, 1.0, 2.0, 4.0)
+class TemplateScorer(Protocol):
+    """What :func:`candidate_features` reads of a :class:`~xtalforge.templates.csp.TemplateCSP`."""
+
+    library: object  # the TemplateLibrary the pools index
+    weights: RankWeights
+    _substitution: np.ndarray  # (E, E) substitution log-odds table
+
+
 #: Names of the columns of :func:`candidate_features`, in order.
 FEATURES = (
     # the hand-made score and where it puts the candidate
@@ -82,7 +88,8 @@ def _crystal_system(spacegroup: np.ndarray) -> np.ndarray:
 
 
 def candidate_features(
-    method: TemplateCSP, pools: list[_Pool], types: _Types, type_ids: np.ndarray, numbers: np.ndarray
+    method: TemplateScorer, pools: list[TemplatePool], types: StructureTypes, type_ids: np.ndarray,
+    numbers: np.ndarray,
 ) -> np.ndarray:
     """(T, len(FEATURES)) features of the structure types ``type_ids`` (each described by its best member).
 
@@ -230,7 +237,7 @@ def type_logsumexp(score: np.ndarray, type_of: np.ndarray, n_types: int, width: 
 class TemplateRanker:
     """An ensemble of two-layer networks, ``score = mean_m w2_m . tanh(W1_m (x - mean) / std + b1_m)``: higher is
     likelier the target's structure. The members differ only in their random initialisation and batch order;
-    averaging them scored +0.8 points of MP-20 val k=1 over one network (bench/results/template_ranker.json).
+    averaging them ranks better than one network (see the card, ``weights/template_ranker.md``).
 
     Attributes:
         mean, std: (F,) feature standardisation. w1: (M, F, H). b1: (M, H). w2: (M, H) for M members

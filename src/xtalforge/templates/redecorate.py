@@ -15,7 +15,7 @@ atoms (``Nd2Ga2Co15``: one Co site becomes Ga). This method
 
 Step 3 costs one CHGNet evaluation per candidate (~0.05 s for 20 atoms on one core), so a target with 1,000
 candidates takes ~1 min: this is meant for the few compositions templates cannot serve, not for every target.
-Measured in ``bench/redecorate.py`` (``bench/results/redecorate.json``).
+Measured by ``bench/redecorate.py``; see docs/results.md.
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from xtalforge.backbone.crysformer import CrysformerConfig
+from xtalforge.checkpoints import save_atomic
 from xtalforge.crystal import atomic_write_text
 from xtalforge.data.batch import collate, size_bucketed_batches
 from xtalforge.data.dataset import CrystalDataset, load_csv
 from xtalforge.data.protocol import BENCHMARKS, aflow_structures, check_no_leak, load_split, training_set
 from xtalforge.device import torch_device
 from xtalforge.errors import XtalforgeError
-from xtalforge.models.dao_g import DAOG, save_atomic, z_prior
+from xtalforge.models.dao_g.model import DAOG, z_prior
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TrainConfig:
         ema_decay, grad_clip, seed, ckpt_minutes, log_every: as named.
         threads: torch CPU threads per process; device: ``cpu`` or ``cuda``.
         model: ``dao-g`` (diffusion only), ``dao-g-flow`` (the same backbone trained by flow matching,
-            ``models/dao_g_flow.py``) or ``dao-p`` (diffusion + exponential energy loss, see ``models/dao_p.py``).
+            ``models/dao_g/flow.py``) or ``dao-p`` (diffusion + exponential energy loss, see ``models/dao_p.py``).
         energy_column: DAO-P label column (eV/atom); empty = the benchmarks' ``energy_column``.
     """
 
@@ -140,7 +141,7 @@ def build_model(cfg: TrainConfig, data: CrystalDataset, meta: dict) -> DAOG:
     if cfg.model == "dao-g":
         return DAOG(cfg.model_config(), meta=meta)
     if cfg.model == "dao-g-flow":
-        from xtalforge.models.dao_g_flow import DAOGFlow
+        from xtalforge.models.dao_g.flow import DAOGFlow
 
         return DAOGFlow(cfg.model_config(), meta=meta)
     if cfg.model == "dao-p":
@@ -298,13 +299,36 @@ def export_weights(run_dir: str | os.PathLike, dest: str | os.PathLike, **meta) 
     return Path(dest)
 
 
+#: One line of ``--help`` per TrainConfig field (the class docstring has the details).
+FIELD_HELP = {
+    "data": "benchmark, benchmarks joined by + (val pooled, test rows removed), +aflow, or a CSV",
+    "pooled": "a single benchmark's protocol training set with the other val splits pooled",
+    "max_atoms": "drop training crystals with more atoms",
+    "out_dir": "checkpoints, EMA weights and log.jsonl; rerun to resume",
+    "init_from": "weights to fine-tune from (ignored when resuming)",
+    "hidden": "backbone width", "layers": "backbone layers", "heads": "attention heads",
+    "n_freq": "Fourier frequencies of the fractional-coordinate features",
+    "lr": "peak AdamW learning rate", "weight_decay": "AdamW weight decay", "warmup_steps": "linear warm-up steps",
+    "max_steps": "optimiser steps (cosine decay ends here)", "min_lr_ratio": "final learning rate / lr",
+    "max_minutes": "stop with a checkpoint after this wall time (0: no limit)",
+    "batch_atoms": "most padded atoms per batch", "max_crystals": "most crystals per batch",
+    "ema_decay": "decay of the EMA weights that are saved", "grad_clip": "gradient-norm clip",
+    "seed": "random seed", "ckpt_minutes": "minutes between checkpoints", "log_every": "steps between log lines",
+    "threads": "torch CPU threads per process", "device": "cpu or cuda",
+    "model": "dao-g (diffusion), dao-g-flow (flow matching) or dao-p (diffusion + energy head)",
+    "energy_column": "DAO-P label column in eV/atom (default: the benchmark's)",
+}
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """TrainConfig from defaults, ``--config file.json`` and ``--field value`` overrides."""
-    parser = argparse.ArgumentParser(prog="xtalforge train dao-g", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="xtalforge train dao-g", usage="%(prog)s [--config FILE] [--FIELD VALUE ...]",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="JSON file with TrainConfig fields")
     for f in fields(TrainConfig):
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes"), "int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument(f"--{f.name}", type=kind, default=None)
+        parser.add_argument(f"--{f.name}", type=kind, default=None, metavar=f.name.split("_")[0].upper(),
+                            help=f"{FIELD_HELP.get(f.name, '')} (default {f.default!r})")
     args = parser.parse_args(argv)
     values: dict = {}
     if args.config:

@@ -33,7 +33,7 @@ from xtalforge.evaluation import evaluate_csp
 from xtalforge.evaluation.report import command_line, package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod, resolve_weights
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "stage2_ablation.json"
 EVAL_DIR = ROOT / "runs" / "stage2_eval"
 BENCHMARK = "mp_20_biternary"

@@ -1,6 +1,6 @@
 """DAO-G with a flow-matching objective (FlowMM-style) on the same Crysformer backbone.
 
-The noise process of :class:`~xtalforge.models.dao_g.DAOG` is replaced by straight conditional paths from a base
+The noise process of :class:`~xtalforge.models.dao_g.model.DAOG` is replaced by straight conditional paths from a base
 sample (L_0 ~ N(0, I) Angstrom, F_0 ~ U[0, 1)^3) to the data at flow time s = 1:
 
 * lattice: ``L_s = (1 - s) L_0 + s L_1``, target velocity ``L_1 - L_0``;
@@ -20,7 +20,7 @@ import torch
 
 from xtalforge.backbone.crysformer import typical_length
 from xtalforge.data.batch import CrystalBatch
-from xtalforge.models.dao_g import DAOG
+from xtalforge.models.dao_g.model import DAOG
 
 #: scale of the normalised coordinate velocity (the wrapped difference of two uniform points has std ~0.29)
 COORD_UNIT = 3.0

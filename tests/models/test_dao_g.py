@@ -99,7 +99,7 @@ def test_template_refinement_stays_close_at_small_t(weights):
 
 
 def test_by_size_routes_each_cell_to_the_smallest_model_that_holds_it(tmp_path):
-    from xtalforge.pipeline import BySize
+    from xtalforge.methods import BySize
 
     methods = []
     for name, limit in (("large", 12), ("small", 6)):
@@ -127,7 +127,7 @@ def test_by_size_routes_each_cell_to_the_smallest_model_that_holds_it(tmp_path):
 
 
 def test_flow_weights_load_as_flow_and_refuse_diffusion_samplers(tmp_path):
-    from xtalforge.models.dao_g_flow import DAOGFlow
+    from xtalforge.models.dao_g.flow import DAOGFlow
 
     torch.manual_seed(0)
     path = tmp_path / "flow.pt"

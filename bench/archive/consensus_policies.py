@@ -35,7 +35,7 @@ from xtalforge.evaluation.csp import read_jsonl
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.ranking import consensus_order, leaders_first
 
-RESULTS = Path(__file__).resolve().parent / "results" / "consensus_policies.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "consensus_policies.json"
 BETAS = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, np.inf)  # votes per eV/atom; inf: energy first, votes break ties
 GAMMAS = (0.0, 1.0, 3.0)
 

@@ -34,8 +34,8 @@ from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod
 from xtalforge.ranking import chgnet_energy
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dao_g_oversampling.json"
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "dao_g_oversampling"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "dao_g_oversampling.json"
+RUNS = Path(__file__).resolve().parents[2] / "runs" / "dao_g_oversampling"
 
 
 def records_for(args, run: Path) -> tuple[list[dict], dict]:

@@ -12,7 +12,7 @@ from xtalforge.diffusion.samplers import SAMPLERS, sample_flow, sample_ode, samp
 from xtalforge.diffusion.schedules import DiffusionSchedule, cosine_betas
 from xtalforge.diffusion.wrapped_normal import sample_wrapped_normal, sigma_norm, wrapped_normal_score
 from xtalforge.models.dao_g import DAOG
-from xtalforge.models.dao_g_flow import COORD_UNIT, DAOGFlow, wrap
+from xtalforge.models.dao_g.flow import COORD_UNIT, DAOGFlow, wrap
 
 TINY = CrysformerConfig(hidden=16, layers=1, heads=2, n_freq=2, time_dim=8)
 

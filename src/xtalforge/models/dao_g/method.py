@@ -1,39 +1,22 @@
-"""DAO-G: joint diffusion of the lattice (DDPM) and fractional coordinates (wrapped normal) on Crysformer.
-
-:class:`DAOG` owns the noise processes and the training loss (reference §2); the Crysformer inside knows nothing
-about them. :class:`DAOGMethod` (registered as ``"dao-g"``) turns target compositions into sampled candidates.
-
-Sign convention: the coordinate output is the *true* score ``d log p(F_t | F_0) / dF`` divided by
-``sqrt(sigma_norm_t)``; DiffCSP's code (and the guidance formula of reference §2) uses its negative.
+"""DAO-G as a CSP method: target compositions to sampled candidate crystals (registered as ``"dao-g"``), and
+template candidates refined by DAO-G (``"template+dao-g"``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from xtalforge.backbone.crysformer import Crysformer, CrysformerConfig
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import CrystalBatch, collate_numbers
-from xtalforge.device import torch_device
-from xtalforge.diffusion.schedules import DiffusionSchedule
-from xtalforge.diffusion.wrapped_normal import sample_wrapped_normal, wrapped_normal_score
 from xtalforge.errors import AtomLimitError, StructureError, XtalforgeError
-from xtalforge.methods import CSPMethod, register
+from xtalforge.methods import BySize, CSPMethod, register
+from xtalforge.models.dao_g.model import DAOG, DEFAULT_WEIGHTS, reduced_key
 
 log = logging.getLogger(__name__)
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-#: Default weights for cells of <= 20 atoms: flow matching, better than the diffusion weights ``mp20`` on MP-20
-#: (200 test entries: k=1 / k=20 25.0 / 76.5 vs 21.0 / 62.0, CHGNet-ranked k=1 40.5 vs 33.0; see its card).
-DEFAULT_WEIGHTS = "mp20_flow"
 #: The diffusion weights of the same cells; energy guidance needs a diffusion model, so guided sampling uses these.
 DIFFUSION_WEIGHTS = "mp20"
 #: Sampler settings of weights that store none in ``meta["sampler_options"]``.
@@ -42,172 +25,6 @@ SAMPLER_DEFAULTS = {"steps": 50, "coord_scale": 1.0, "eta": 1.0, "anti_anneal": 
 LARGE_CELL_WEIGHTS = "mpts52"
 
 
-@lru_cache(maxsize=4)
-def _schedule(timesteps: int, sigma_begin: float, sigma_end: float) -> DiffusionSchedule:
-    return DiffusionSchedule.create(timesteps, sigma_begin=sigma_begin, sigma_end=sigma_end)
-
-
-class DAOG(nn.Module):
-    """Crysformer plus the two noise processes.
-
-    Args:
-        cfg: backbone configuration.
-        timesteps: T of both processes.
-        sigma_begin, sigma_end: wrapped-normal sigma at t = 1 and t = T (fractional units).
-        meta: free-form facts saved with the weights (training data, Z prior, max atoms, ...).
-    """
-
-    objective = "diffusion"  # DAOGFlow (models/dao_g_flow.py): "flow"
-    default_sampler = "pc"
-
-    def __init__(self, cfg: CrysformerConfig | None = None, timesteps: int = 1000, sigma_begin: float = 0.005,
-                 sigma_end: float = 0.5, meta: dict | None = None) -> None:
-        super().__init__()
-        self.net = Crysformer(cfg)
-        self.diffusion_args = {"timesteps": timesteps, "sigma_begin": sigma_begin, "sigma_end": sigma_end}
-        self.schedule = _schedule(timesteps, sigma_begin, sigma_end)
-        self.meta = dict(meta or {})
-
-    @property
-    def timesteps(self) -> int:
-        return self.schedule.timesteps
-
-    def forward(self, lattice: torch.Tensor, frac: torch.Tensor, types: torch.Tensor, mask: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted lattice noise eps_L (B, 3, 3) and normalised coordinate score (B, N, 3) at integer times t (B,)."""
-        out = self.net(lattice, frac, types, mask, t.to(lattice.dtype) / self.timesteps)
-        return out["lattice"], out["coord"]
-
-    def score(self, lattice: torch.Tensor, frac: torch.Tensor, types: torch.Tensor, mask: torch.Tensor,
-              t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps_L (B, 3, 3) and the unnormalised coordinate score d log p / dF (B, N, 3) used by samplers."""
-        eps, coord = self(lattice, frac, types, mask, t)
-        norm = self.schedule.sigma_norms.to(lattice.device)[t].to(lattice.dtype)
-        return eps, coord * norm.sqrt()[:, None, None]
-
-    def noise(self, batch: CrystalBatch, t: torch.Tensor, generator: torch.Generator | None = None,
-              eps: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
-        """Noised lattice and coordinates at integer times ``t`` (B,), with the regression targets.
-
-        ``eps``: the standard-normal draws (lattice (B, 3, 3), coordinates (B, N, 3)) to use instead of fresh ones,
-        e.g. the same draws for every candidate of one composition when comparing their losses.
-        """
-        sched = self.schedule
-        dtype, dev = batch.lattice.dtype, batch.lattice.device
-        abar = sched.alpha_bars.to(dev)[t].to(dtype)[:, None, None]
-        sigma = sched.sigmas.to(dev)[t].to(dtype)[:, None, None]
-        if eps is None:
-            eps_l = torch.randn(batch.lattice.shape, generator=generator, dtype=dtype, device=dev)
-            frac_t, eps_f = sample_wrapped_normal(batch.frac, sigma, generator)
-        else:
-            eps_l, eps_f = eps
-            frac_t = torch.remainder(batch.frac + sigma * eps_f, 1.0)
-        lattice_t = abar.sqrt() * batch.lattice + (1 - abar).sqrt() * eps_l
-        norm = sched.sigma_norms.to(dev)[t].to(dtype)[:, None, None]
-        target_f = wrapped_normal_score(sigma * eps_f, sigma) / norm.sqrt()
-        return {"lattice": lattice_t, "frac": frac_t, "eps_lattice": eps_l, "target_coord": target_f}
-
-    def squared_errors(self, batch: CrystalBatch, t: torch.Tensor, generator: torch.Generator | None = None,
-                       eps: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       forward: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two training errors per crystal at integer times ``t`` (B,): the lattice noise MSE (B,) and the
-        squared error of the normalised coordinate score summed over the crystal's real atoms (B,); divide the
-        second by 3 x atoms for a mean. ``eps`` as in :meth:`noise`; ``forward`` as in :meth:`loss`."""
-        forward = forward or self
-        noised = self.noise(batch, t, generator, eps)
-        eps_hat, coord_hat = forward(noised["lattice"], noised["frac"], batch.types, batch.mask, t)
-        lattice_mse = ((eps_hat - noised["eps_lattice"]) ** 2).mean(dim=(1, 2))
-        mask = batch.mask.to(coord_hat.dtype)[..., None]
-        coord_sse = (((coord_hat - noised["target_coord"]) ** 2) * mask).sum(dim=(1, 2))
-        return lattice_mse, coord_sse
-
-    def loss(self, batch: CrystalBatch, generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-             forward: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """MSE(eps_L) + MSE(normalised score_F) at t ~ U{1..T} per crystal (reference §2, equal weights).
-
-        The coordinate MSE averages over real atoms only (padding excluded). ``forward`` is the module to call for
-        the prediction (a DDP wrapper of this model during distributed training; default ``self``).
-        """
-        b = batch.lattice.shape[0]
-        if t is None:
-            t = torch.randint(1, self.timesteps + 1, (b,), generator=generator).to(batch.lattice.device)
-        lattice_mse, coord_sse = self.squared_errors(batch, t, generator, forward=forward)
-        loss_l = lattice_mse.mean()
-        loss_f = coord_sse.sum() / (3.0 * batch.mask.sum())
-        loss = loss_l + loss_f
-        logs = {"loss": float(loss.detach()), "loss_lattice": float(loss_l.detach()),
-                "loss_coord": float(loss_f.detach())}
-        return loss, logs
-
-    # ------------------------------------------------------------------ persistence
-    def checkpoint(self) -> dict:
-        """Everything needed to rebuild the model (config inside)."""
-        return {"format": "xtalforge-dao-g-1", "config": self.net.cfg.to_dict(), "diffusion": self.diffusion_args,
-                "meta": self.meta, "state_dict": self.state_dict()}
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write weights + config atomically (temp file + rename)."""
-        save_atomic(self.checkpoint(), path)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> DAOG:
-        if ckpt.get("objective", "diffusion") == "flow" and cls is DAOG:
-            from xtalforge.models.dao_g_flow import DAOGFlow
-
-            cls = DAOGFlow
-        model = cls(CrysformerConfig(**ckpt["config"]), meta=ckpt.get("meta"), **ckpt["diffusion"])
-        model.load_state_dict(ckpt["state_dict"])
-        return model
-
-    @classmethod
-    def load(cls, path_or_name: str | os.PathLike = DEFAULT_WEIGHTS, device: str | torch.device = "cpu") -> DAOG:
-        """Load a saved model: a file path, or the name of shipped weights (``weights/dao_g_<name>.pt``)."""
-        path = resolve_weights(path_or_name)
-        device = torch_device(device)
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        if "state_dict" not in ckpt:
-            raise XtalforgeError(f"{path} is not a DAO-G checkpoint")
-        return cls.from_checkpoint(ckpt).to(device).eval()
-
-
-def resolve_weights(path_or_name: str | os.PathLike) -> Path:
-    """A weights file from a path or a shipped name (``mp20`` -> ``weights/dao_g_mp20.pt``)."""
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    shipped = WEIGHTS_DIR / f"dao_g_{path_or_name}.pt"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem.removeprefix("dao_g_") for p in WEIGHTS_DIR.glob("dao_g_*.pt"))
-    raise XtalforgeError(f"no DAO-G weights '{path_or_name}' (shipped: {', '.join(names) or 'none'})")
-
-
-def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save through a temp file in the same folder + rename, so a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def reduced_key(numbers: Sequence[int]) -> tuple[str, int]:
-    """(reduced anonymised formula like ``'1-1-3'``, Z) of a cell's atomic numbers."""
-    counts = sorted(Counter(int(n) for n in numbers).values())
-    z = int(np.gcd.reduce(counts))
-    return "-".join(str(c // z) for c in counts), z
-
-
-def z_prior(cells: Sequence[Sequence[int]]) -> dict[str, dict[str, int]]:
-    """How often each Z occurs per reduced anonymised formula in a training set (saved in the weights' meta)."""
-    table: dict[str, Counter] = {}
-    for numbers in cells:
-        key, z = reduced_key(numbers)
-        table.setdefault(key, Counter())[str(z)] += 1
-    return {k: dict(v) for k, v in table.items()}
-
-
-# ---------------------------------------------------------------------- the CSP method
 class DAOGMethod(CSPMethod):
     """CSP by sampling DAO-G: ``n`` independent samples per target cell, batched across targets.
 
@@ -220,10 +37,8 @@ class DAOGMethod(CSPMethod):
     (the ``z_prior`` saved with the weights); an unseen formula gets the smallest Z with at least ``min_atoms``
     atoms.
 
-    Default sampler: strided predictor-corrector with 50 steps (100 network calls, 20x fewer than the faithful
-    1000-step sampler). Measured on Perov-5 (100 test entries, k = 1): 50% match at 0.14 s/entry against 46% at
-    3.2 s/entry for 1000 steps (bench/dao_g.py). Weights trained by flow matching
-    (:class:`~xtalforge.models.dao_g_flow.DAOGFlow`) take the ``flow`` sampler (Euler, 1 call per step) instead.
+    Default sampler: the weights' own (``meta["sampler_options"]``): strided predictor-corrector with 50 steps for
+    diffusion weights, Euler with 50 steps for flow-matching weights (:class:`~xtalforge.models.dao_g.flow.DAOGFlow`).
     ``coord_scale`` multiplies the coordinate score / velocity (> 1: lower-temperature sampling); ``eta`` is the
     lattice noise of ``pc``; ``anti_anneal`` the late-step speed-up of ``flow`` (see the samplers).
     """
@@ -380,14 +195,14 @@ class DAOGMethod(CSPMethod):
 @register("dao-g")
 def _make_dao_g(weights: str | None = None, steps: int | None = None, device: str = "cpu", sampler: str | None = None,
                 batch_size: int = 256, step_lr: float | None = None, guidance: float = 0.0,
-                energy_weights: str = "energy_mp20") -> CSPMethod:
+                energy_weights: str = "energy_mp20", large_cells: bool = True) -> CSPMethod:
     """``get_method("dao-g", weights=None | name | path, steps=None, sampler=None | "pc" | "ode" | "flow",
-    device="cpu", guidance=0.0, energy_weights="energy_mp20", ...)``; ``sampler`` defaults to the weights' own
-    (``pc``, or ``flow`` for flow-matching weights) and ``steps`` to theirs (``meta["sampler_options"]``, else 50).
+    device="cpu", guidance=0.0, energy_weights="energy_mp20", large_cells=True, ...)``; ``sampler`` defaults to the
+    weights' own (``pc``, or ``flow`` for flow-matching weights) and ``steps`` to theirs (else 50).
 
-    Without ``weights``: the shipped MP-20 weights for cells of <= 20 atoms (:data:`DEFAULT_WEIGHTS`; with
-    ``guidance`` > 0 the diffusion ones, :data:`DIFFUSION_WEIGHTS`) and the MPTS-52 weights for larger cells
-    (:data:`LARGE_CELL_WEIGHTS`, routed by :class:`~xtalforge.pipeline.BySize`).
+    Without ``weights``: the shipped weights for cells of <= 20 atoms (:func:`default_weights`) and, with
+    ``large_cells``, the MPTS-52 weights for larger cells (:data:`LARGE_CELL_WEIGHTS`, routed by
+    :class:`~xtalforge.methods.BySize`).
     """
     def make(name: str) -> DAOGMethod:
         return DAOGMethod(DAOG.load(name, device), steps=steps, sampler=sampler, step_lr=step_lr,
@@ -395,8 +210,8 @@ def _make_dao_g(weights: str | None = None, steps: int | None = None, device: st
 
     if weights is not None:
         return make(weights)
-    from xtalforge.pipeline import BySize
-
+    if not large_cells:
+        return make(default_weights(guidance))
     return BySize([make(default_weights(guidance)), make(LARGE_CELL_WEIGHTS)])
 
 
@@ -415,7 +230,7 @@ class TemplateRefine(CSPMethod):
     refined candidates in template order; ``mode="both"`` interleaves template and refined candidates
     (t1, r1, t2, r2, ...), so k candidates hold k/2 templates. Candidates with more atoms than the DAO-G weights
     allow are returned unrefined. The score is the template's. ``refiner``: a :class:`DAOGMethod`, or a
-    :class:`~xtalforge.pipeline.BySize` of them (the default ``dao-g``): anything with
+    :class:`~xtalforge.methods.BySize` of them (the default ``dao-g``): anything with
     ``sample_cells(cells, seed, init=..., start_t=...)``.
     """
 
@@ -462,3 +277,4 @@ def _make_template_refine(weights: str | None = None, start_t: int = 100, steps:
     refiner = _make_dao_g(weights, steps=steps, device=device, sampler=sampler, batch_size=batch_size,
                           step_lr=step_lr)
     return TemplateRefine(get_method("template", library=library), refiner, start_t=start_t, mode=mode)
+

@@ -75,7 +75,7 @@ def test_protocol_refuses_test_ids():
 
 
 def test_every_shipped_weight_file_is_small_and_has_a_model_card():
-    from xtalforge.models.dao_g import WEIGHTS_DIR
+    from xtalforge.checkpoints import WEIGHTS_DIR
 
     files = [p for p in WEIGHTS_DIR.iterdir() if p.suffix in (".pt", ".npz")]
     assert len(files) >= 10

@@ -35,7 +35,7 @@ from xtalforge.data.protocol import check_no_leak, load_split, sample_indices, s
 from xtalforge.evaluation.report import command_line, package_versions, write_json
 from xtalforge.models.dao_p import DAOP, relax_with_energy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "dataset_relaxation.json"
 OUT_CSV = ROOT / "runs" / "stage2_data" / "mp20_val_relaxed_dao_p.csv.gz"
 BENCHMARK = "mp_20_biternary"

@@ -43,7 +43,7 @@ from xtalforge.evaluation.matching import PairMatcher
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.dao_g import DAOG, DAOGMethod
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dao_g_with_templates.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "dao_g_with_templates.json"
 
 
 def load_run(run: Path) -> list[dict]:

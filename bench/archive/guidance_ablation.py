@@ -31,7 +31,7 @@ from xtalforge.evaluation.report import command_line, package_versions, write_js
 from xtalforge.models.dao_g import DAOG
 from xtalforge.models.dao_p import DAOP
 
-RESULTS = Path(__file__).resolve().parent / "results" / "guidance_ablation.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "guidance_ablation.json"
 BENCHMARK = "mp_20_biternary"
 
 

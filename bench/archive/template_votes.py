@@ -51,7 +51,7 @@ from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.evaluation.workers import pairwise_matches
 from xtalforge.ranking import chgnet_energy, consensus_order, plausible
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "template_votes.json"
 K = 20
 M_GRID = (1, 2, 3, 5, np.inf)

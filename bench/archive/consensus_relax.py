@@ -47,7 +47,7 @@ from xtalforge.evaluation.matching import MatchTolerance
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.ranking import chgnet_relaxed_energy, consensus_order
 
-RESULTS = Path(__file__).resolve().parent / "results" / "consensus_relax.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "consensus_relax.json"
 BETAS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, np.inf)  # votes per eV/atom; 0: the leader (votes only)
 
 

@@ -9,7 +9,7 @@ from xtalforge.crystal import Crystal
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.matching import PairMatcher
 from xtalforge.methods import get_method
-from xtalforge.prediction import GENERATOR_POOL
+from xtalforge.ranking import GENERATOR_POOL
 from xtalforge.templates import RedecoratedTemplates, TemplateLibrary
 
 

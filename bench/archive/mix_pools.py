@@ -20,7 +20,7 @@ from pathlib import Path
 from xtalforge.crystal import atomic_write_text
 from xtalforge.evaluation.csp import read_jsonl
 
-RUNS = Path(__file__).resolve().parent.parent / "runs" / "bench_dao_g_sampler_options"
+RUNS = Path(__file__).resolve().parents[2] / "runs" / "bench_dao_g_sampler_options"
 
 
 def main(argv: list[str] | None = None) -> None:

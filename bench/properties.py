@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtalforge.checkpoints import WEIGHTS_DIR
 from xtalforge.crystal import atomic_write_text
 from xtalforge.data.dataset import load_csv
 from xtalforge.data.protocol import data_root
 from xtalforge.evaluation.report import command_line, package_versions, write_json
-from xtalforge.checkpoints import WEIGHTS_DIR
 from xtalforge.models.dao_p import DAOP
 from xtalforge.properties import PROPERTIES, weights_path
 from xtalforge.properties.baseline import CompositionPropertyModel

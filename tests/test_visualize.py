@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from xtalforge.evaluation.csp import summarize_csp
 from xtalforge.visualize import match_rate_curve, plot_match_rate_curve, render_cell_png, write_prediction_report
 
 
@@ -48,6 +49,11 @@ def test_match_rate_curve_counts_as_the_report_does(tmp_path):
     matches.write_text("".join(json.dumps(r) + "\n" for r in lines))
     curve = match_rate_curve(matches, 3)
     assert curve == {1: 25.0, 2: 50.0, 3: 50.0}
+    full = [{**r, "k_max": 3, "status": ["ok"] * len(r["rms"]), "struct_valid": [True] * len(r["rms"]),
+             "smact_valid": True} for r in lines]
+    matches.write_text("".join(json.dumps(r) + "\n" for r in full))
+    metrics = summarize_csp(matches, ks=(1, 2, 3))["metrics"]
+    assert match_rate_curve(matches, 3) == {k: metrics[str(k)]["match_rate"] for k in (1, 2, 3)}
     png = plot_match_rate_curve(curve, tmp_path / "curve.png", "test").read_bytes()
     assert _pixels(png)[..., :3].std() > 0.01
 

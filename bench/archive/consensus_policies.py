@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import spglib
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: the kept bench/ scripts it imports
 from ranking import consensus_matches  # noqa: I001  (sibling script)
 
 from xtalforge.evaluation.csp import read_jsonl

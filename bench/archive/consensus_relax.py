@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: the kept bench/ scripts it imports
 from ranking import consensus_matches, distinct_leaders, match  # noqa: I001  (sibling script)
 from tqdm import tqdm
 

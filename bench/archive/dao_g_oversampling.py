@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: the kept bench/ scripts it imports
 from dao_g import weights_tag  # noqa: I001  (sibling script)
 
 from xtalforge.crystal import atomic_write_text

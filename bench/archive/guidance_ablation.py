@@ -1,7 +1,7 @@
 """Energy-guided DAO-G sampling (issue 4 item 2): the shipped DAO-G (``dao_g_mp20``) is the generator and the shipped
 DAO-P (``dao_p_energy_mp20``) supplies the guidance gradient ``s * grad E_t`` (reference §2), s = 0, 1, 20.
 
-    nice -n 10 python bench/guidance.py --n 40 --strengths 0,1,20
+    nice -n 10 python bench/archive/guidance_ablation.py --n 40 --strengths 0,1,20
 
 The same random MP-20 bi/ternary test compositions (exact cells, 1 sample each) and the same starting noise for every
 s (paired comparison). Per s: share of valid lattices, k=1 match rate to the known test structure (StructureMatcher

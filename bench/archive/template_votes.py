@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: the kept bench/ scripts it imports
 from dao_g_sampler_options import rows_for  # noqa: I001  (sibling scripts)
 from ranking import consensus_matches, distinct_leaders, match
 

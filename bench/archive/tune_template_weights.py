@@ -15,11 +15,14 @@ import argparse
 import itertools
 import json
 import pickle
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: the kept bench/ scripts it imports
 from template_csp import RESULTS, HoldOutTemplateCSP  # noqa: I001  (sibling script)
 
 from xtalforge.crystal import atomic_write_text

@@ -22,43 +22,65 @@ from xtalforge.crystal import Crystal, atomic_write_text
 _EDGES = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7)]
 
 
+def _standard_frame(lattice: np.ndarray) -> np.ndarray:
+    """The same cell turned so that a lies along x and b in the xy plane (c points up): the picture then depends on
+    the cell's shape only, not on how the lattice happened to be oriented."""
+    _, r = np.linalg.qr(lattice.T)
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)  # keep the handedness of the input, diag(r) > 0
+    return (r * signs[:, None]).T
+
+
+def _with_boundary_images(frac: np.ndarray, numbers: np.ndarray, tol: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Atoms on a face, edge or corner repeated on the opposite ones, as a crystallographer draws a cell."""
+    frac = np.where(frac > 1.0 - tol, frac - 1.0, frac)
+    out_f, out_n = [frac], [numbers]
+    for shift in np.array([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(1, 8)], float):
+        on = np.all(np.abs(frac[:, shift > 0]) < tol, axis=1)
+        out_f.append(frac[on] + shift)
+        out_n.append(numbers[on])
+    return np.concatenate(out_f), np.concatenate(out_n)
+
+
 def render_cell_png(crystal: Crystal, size_px: int = 320) -> bytes:
-    """A PNG picture of the unit cell: atoms (element colours, covalent radii) and the cell edges, seen along a fixed
-    oblique direction, nearer atoms drawn over farther ones. Deterministic."""
+    """A PNG picture (``size_px`` square) of the unit cell: atoms in Jmol colours with covalent radii, atoms on the
+    cell's boundary shown on every face they touch, and the 12 cell edges. The cell is seen from a fixed oblique
+    direction (c up, a to the front right), nearer atoms drawn over farther ones. Deterministic."""
     from ase.data import covalent_radii
     from ase.data.colors import jmol_colors
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    lattice = np.asarray(crystal.lattice, float)
-    frac = np.mod(np.asarray(crystal.frac_coords, float), 1.0)
-    cart = frac @ lattice  # (N, 3) Angstrom
+    lattice = _standard_frame(np.asarray(crystal.lattice, float))
+    frac, numbers = _with_boundary_images(np.mod(np.asarray(crystal.frac_coords, float), 1.0),
+                                          np.asarray(crystal.numbers, int))
     corners = np.array([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], float) @ lattice
-    # a fixed view: rotate about z by 30 deg, then tilt about x by 20 deg; project onto (x, z), depth is y
-    a, b = np.radians(30.0), np.radians(20.0)
+    centre = corners.mean(axis=0)
+    # a fixed view: turn about z by 25 deg, then tilt about x by 22 deg; the picture is (x, z), depth is y
+    a, b = np.radians(-25.0), np.radians(22.0)
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     view = (rx @ rz).T
-    p_atoms, p_corners = cart @ view, corners @ view
+    p_atoms, p_corners = (frac @ lattice - centre) @ view, (corners - centre) @ view
+
+    radii = 0.5 * covalent_radii[numbers]  # drawn at half the covalent radius, so neighbours do not hide each other
+    lo = np.minimum(p_corners[:, [0, 2]].min(axis=0), (p_atoms[:, [0, 2]] - radii[:, None]).min(axis=0))
+    hi = np.maximum(p_corners[:, [0, 2]].max(axis=0), (p_atoms[:, [0, 2]] + radii[:, None]).max(axis=0))
+    half = 0.54 * (hi - lo).max()  # a square window, 4% margin each side
+    mid = (hi + lo) / 2
 
     dpi = 100
     fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_aspect("equal")
     ax.axis("off")
+    ax.set_xlim(mid[0] - half, mid[0] + half)
+    ax.set_ylim(mid[1] - half, mid[1] + half)
     for i, j in _EDGES:
         ax.plot(p_corners[[i, j], 0], p_corners[[i, j], 2], color="0.35", lw=1.0, zorder=1)
-    span = np.ptp(p_corners[:, [0, 2]], axis=0).max() or 1.0
-    scale = (size_px * 0.8 / span) ** 2  # marker area is in points^2; radius in Angstrom -> points
-    numbers = np.asarray(crystal.numbers, int)
-    order = np.argsort(p_atoms[:, 1])[::-1]  # far (large depth) first
-    radii = covalent_radii[numbers][order]
-    ax.scatter(p_atoms[order, 0], p_atoms[order, 2], s=scale * (0.8 * radii) ** 2 * 0.5,
+    points_per_A = size_px * 72.0 / dpi / (2 * half)  # scatter sizes are marker diameters squared, in points^2
+    order = np.argsort(-p_atoms[:, 1], kind="stable")  # far (large depth) first
+    ax.scatter(p_atoms[order, 0], p_atoms[order, 2], s=(2 * radii[order] * points_per_A) ** 2,
                c=jmol_colors[numbers][order], edgecolors="0.2", linewidths=0.5, zorder=2)
-    pad = 0.08 * span
-    ax.set_xlim(p_corners[:, 0].min() - pad, p_corners[:, 0].max() + pad)
-    ax.set_ylim(p_corners[:, 2].min() - pad, p_corners[:, 2].max() + pad)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     return buf.getvalue()
@@ -117,7 +139,9 @@ def match_rate_curve(matches_jsonl: str | os.PathLike, k_max: int) -> dict[int, 
     from xtalforge.evaluation.csp import read_jsonl
 
     records = list({r["index"]: r for r in read_jsonl(matches_jsonl)}.values())
-    first = np.array([next((i + 1 for i, rms in enumerate(r["rms"]) if rms is not None), np.inf) for r in records])
+    # pair rms with struct_valid as summarize_csp does, so a shorter validity list truncates the same way
+    first = np.array([next((i + 1 for i, (rms, _) in enumerate(zip(r["rms"], r.get("struct_valid", r["rms"])))
+                            if rms is not None), np.inf) for r in records])
     if len(first) == 0:
         return {}
     return {k: float(100.0 * np.mean(first <= k)) for k in range(1, k_max + 1)}

@@ -45,13 +45,12 @@ def test_report_has_a_card_per_candidate_and_is_self_contained(tmp_path, nacl, t
 def test_match_rate_curve_counts_as_the_report_does(tmp_path):
     lines = [{"index": 0, "rms": [None, 0.1, None]}, {"index": 1, "rms": [0.2, None, None]},
              {"index": 2, "rms": []}, {"index": 3, "rms": [None, None, None]}]
-    matches = tmp_path / "matches.jsonl"
-    matches.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    curve = match_rate_curve(matches, 3)
-    assert curve == {1: 25.0, 2: 50.0, 3: 50.0}
     full = [{**r, "k_max": 3, "status": ["ok"] * len(r["rms"]), "struct_valid": [True] * len(r["rms"]),
              "smact_valid": True} for r in lines]
+    matches = tmp_path / "matches.jsonl"
     matches.write_text("".join(json.dumps(r) + "\n" for r in full))
+    curve = match_rate_curve(matches, 3)
+    assert curve == {1: 25.0, 2: 50.0, 3: 50.0}
     metrics = summarize_csp(matches, ks=(1, 2, 3))["metrics"]
     assert match_rate_curve(matches, 3) == {k: metrics[str(k)]["match_rate"] for k in (1, 2, 3)}
     png = plot_match_rate_curve(curve, tmp_path / "curve.png", "test").read_bytes()

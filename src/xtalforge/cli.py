@@ -89,6 +89,8 @@ def _method_kwargs(args, benchmark: str | None = None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     import xtalforge
+    from xtalforge.prediction import RANK_BY
+    from xtalforge.ranking import GENERATOR_POOL
 
     parser = argparse.ArgumentParser(prog="xtalforge", description="Crystal structure prediction on a laptop CPU.",
                                      epilog="`xtalforge COMMAND --help` for each command; docs/ for how methods work.")
@@ -105,10 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="auto",
                    help="auto (default), template, redecorate, dao-g; see docs/methods.md")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax the candidates with CHGNet")
-    p.add_argument("--rank-by", default="auto", choices=RANK_CHOICES,
+    p.add_argument("--rank-by", default="auto", choices=RANK_BY,
                    help="candidate order; auto: the method's, consensus for dao-g, CHGNet energy with --relax")
     p.add_argument("--pool", type=positive_int, default=None,
-                   help="candidates drawn before ranking (default --n; 60 for dao-g)")
+                   help=f"candidates drawn before ranking (default --n; {GENERATOR_POOL} for dao-g)")
     p.add_argument("--no-redecorate", action="store_true", help="auto without re-decorated templates (no CHGNet)")
     p.add_argument("--no-report", action="store_true", help="skip index.html (pictures of the candidates)")
     _add_sampling(p)
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="template", help="template (default), auto, dao-g, redecorate")
     p.add_argument("--k", default="1,20", help="comma-separated k values (default 1,20)")
     p.add_argument("--limit", type=positive_int, default=None, help="a reproducible random sample of N entries")
-    p.add_argument("--rank-by", default="auto", choices=RANK_CHOICES, help="candidate order, as for predict")
+    p.add_argument("--rank-by", default="auto", choices=RANK_BY, help="candidate order, as for predict")
     p.add_argument("--pool", type=positive_int, default=None, help="candidates drawn before ranking, as for predict")
     p.add_argument("--library", default="pooled+aflow", choices=["pooled+aflow", "pooled", "own"],
                    help="template library: pooled val splits + AFLOW (default), pooled val, own val split")
@@ -159,10 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("datasets", help="list the benchmark data sets and the protocol")
     return parser
-
-
-#: --rank-by choices (kept here so building the parser imports nothing heavy)
-RANK_CHOICES = ("auto", "score", "dao-p", "chgnet", "consensus")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from xtalforge.composition import Target
 from xtalforge.crystal import Crystal, atomic_write_text
 from xtalforge.errors import XtalforgeError
-from xtalforge.ranking import GENERATOR_POOL, RankedPool, order_of, rank_crystals
+from xtalforge.ranking import GENERATOR_POOL, RankedPool, rank_crystals
 
 #: Values of ``predict(rank_by=...)`` / ``xtalforge predict --rank-by``.
 RANK_BY = ("auto", "score", "dao-p", "chgnet", "consensus")
@@ -157,12 +157,8 @@ def predict(
     if relax == "chgnet":
         crystals = _relax_all(crystals, formula)
     if not rank_first:  # among what relaxation left of the pool
-        if by == "chgnet":  # the relaxed energies we already have
-            for c in crystals:
-                c.properties.update(rank_by=by, rank_value=float(c.properties["energy_per_atom"]))
-            crystals = [crystals[i] for i in order_of([c.properties["rank_value"] for c in crystals])]
-        else:
-            crystals = rank_crystals(crystals, by)
+        relaxed = [c.properties["energy_per_atom"] for c in crystals] if by == "chgnet" else None  # at hand
+        crystals = rank_crystals(crystals, by, values=relaxed)
         for c in crystals:
             c.properties["ranked_among"] = len(crystals)
         crystals = crystals[:n]

@@ -255,12 +255,13 @@ def rank(crystals: Sequence[Crystal], by: str = "score", steps: int = 20, thread
     return order_of(rank_values(crystals, by, steps, threads)[0])
 
 
-def rank_crystals(crystals: Sequence[Crystal], by: str) -> list[Crystal]:
+def rank_crystals(crystals: Sequence[Crystal], by: str, values: Sequence[float] | None = None) -> list[Crystal]:
     """The crystals in the order of the ranking ``by``, each with ``properties["rank_by"]`` and ``["rank_value"]``
     (lower is better; None where the ranking could not evaluate it). ``score`` keeps the method's own order, which
-    is not always a plain sort by score (e.g. template candidates re-ranked inside the method)."""
+    is not always a plain sort by score (e.g. template candidates re-ranked inside the method). ``values``: ranking
+    values already at hand (e.g. relaxed CHGNet energies), instead of computing them under ``by``."""
     crystals = list(crystals)
-    values = rank_values(crystals, by)[0]
+    values = rank_values(crystals, by)[0] if values is None else np.asarray(values, dtype=np.float64)
     order = np.arange(len(crystals)) if by == "score" else order_of(values)
     for c, v in zip(crystals, values):
         c.properties["rank_by"], c.properties["rank_value"] = by, float(v) if np.isfinite(v) else None

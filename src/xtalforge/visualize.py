@@ -135,16 +135,11 @@ def write_prediction_report(out_dir: str | os.PathLike, entries: list[tuple[Crys
 
 def match_rate_curve(matches_jsonl: str | os.PathLike, k_max: int) -> dict[int, float]:
     """{k: % of entries with a match among their first k candidates} for k = 1..k_max, from an evaluate run's
-    ``matches.jsonl`` (the count of :func:`~xtalforge.evaluation.csp.summarize_csp`'s ``metrics``)."""
-    from xtalforge.evaluation.csp import read_jsonl
+    ``matches.jsonl``: the ``metrics`` of :func:`~xtalforge.evaluation.csp.summarize_csp` at every k."""
+    from xtalforge.evaluation.csp import summarize_csp
 
-    records = list({r["index"]: r for r in read_jsonl(matches_jsonl)}.values())
-    # pair rms with struct_valid as summarize_csp does, so a shorter validity list truncates the same way
-    first = np.array([next((i + 1 for i, (rms, _) in enumerate(zip(r["rms"], r.get("struct_valid", r["rms"])))
-                            if rms is not None), np.inf) for r in records])
-    if len(first) == 0:
-        return {}
-    return {k: float(100.0 * np.mean(first <= k)) for k in range(1, k_max + 1)}
+    metrics = summarize_csp(matches_jsonl, ks=range(1, k_max + 1))["metrics"]
+    return {k: metrics[str(k)]["match_rate"] for k in range(1, k_max + 1)}
 
 
 def plot_match_rate_curve(curve: dict[int, float], path: str | os.PathLike, title: str) -> Path:

@@ -42,7 +42,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="NAME|PATH",
-                   help="DAO-G weights: mp20_flow, mp20, mpts52, perov_5, carbon_24 or a file")
+                   help="model weights: a shipped name (src/xtalforge/weights/) or a file")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps of DAO-G (default: the weights')")
     p.add_argument("--guidance", type=float, default=0.0, metavar="S",
                    help="DAO-P energy guidance strength of DAO-G sampling (default 0: off)")
@@ -51,13 +51,36 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 #: methods whose ``weights`` are DAO-G weights (the template method's ``weights`` are its ranking weights)
 DAO_G_WEIGHTS_METHODS = ("auto", "dao-g", "template+dao-g")
+#: methods that take ``--weights`` (the symmetry method: Wyckoff flow weights)
+WEIGHTS_METHODS = (*DAO_G_WEIGHTS_METHODS, "symmetry")
+
+
+def _add_symmetry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spacegroup", type=positive_int, default=None, metavar="N",
+                   help="sample in space group N (1-230) with the symmetry method")
+    p.add_argument("--wyckoff", default=None, metavar="EL:LETTER ...",
+                   help='Wyckoff positions of that group, e.g. "Mg:a B:d" (default: every fitting assignment)')
+    p.add_argument("--target", default=None, metavar="PROP=VALUE,...",
+                   help="property targets of the symmetry method: formation_energy (eV/atom), band_gap (eV)")
+
+
+def parse_targets(text: str | None) -> dict[str, float]:
+    """``"band_gap=1.5,formation_energy=-2"`` -> {"band_gap": 1.5, "formation_energy": -2.0}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise XtalforgeError(f"--target takes PROPERTY=NUMBER pairs, got '{item}'") from None
+    return out
 
 
 def _dao_g_weights(args, benchmark: str | None = None) -> dict:
     """``{"weights": ...}`` for ``--weights`` (or the weights trained for ``benchmark``), refused for a method that
     samples no DAO-G."""
-    if args.weights and args.method not in DAO_G_WEIGHTS_METHODS:
-        raise XtalforgeError(f"--weights (DAO-G weights) applies to --method {', '.join(DAO_G_WEIGHTS_METHODS)}, "
+    if args.weights and args.method not in WEIGHTS_METHODS:
+        raise XtalforgeError(f"--weights (model weights) applies to --method {', '.join(WEIGHTS_METHODS)}, "
                              f"not {args.method}")
     if args.weights:
         return {"weights": args.weights}
@@ -84,6 +107,15 @@ def _method_kwargs(args, benchmark: str | None = None) -> dict:
             raise XtalforgeError(f"--guidance applies to DAO-G sampling, not {args.method}")
         kwargs["guidance"] = args.guidance
     kwargs.update(_dao_g_weights(args, benchmark))
+    symmetry = {"spacegroup": getattr(args, "spacegroup", None), "wyckoff": getattr(args, "wyckoff", None),
+                **parse_targets(getattr(args, "target", None))}
+    symmetry = {k: v for k, v in symmetry.items() if v is not None}
+    if symmetry and args.method != "symmetry":
+        raise XtalforgeError(f"--spacegroup, --wyckoff and --target apply to --method symmetry, not {args.method}")
+    unknown = set(symmetry) - {"spacegroup", "wyckoff", "formation_energy", "band_gap"}
+    if unknown:
+        raise XtalforgeError(f"unknown --target property '{sorted(unknown)[0]}' (choose formation_energy, band_gap)")
+    kwargs.update(symmetry)
     return kwargs
 
 
@@ -105,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=20, help="number of candidates (default 20)")
     p.add_argument("--z", type=positive_int, default=None, help="formula units per cell")
     p.add_argument("--method", default="auto",
-                   help="auto (default), template, redecorate, dao-g; see docs/methods.md")
+                   help="auto (default), template, redecorate, dao-g, symmetry; see docs/methods.md")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax the candidates with CHGNet")
     p.add_argument("--rank-by", default="auto", choices=RANK_BY,
                    help="candidate order; auto: the method's, consensus for dao-g, CHGNet energy with --relax")
@@ -113,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"candidates drawn before ranking (default --n; {GENERATOR_POOL} for dao-g)")
     p.add_argument("--no-redecorate", action="store_true", help="auto without re-decorated templates (no CHGNet)")
     p.add_argument("--no-report", action="store_true", help="skip index.html (pictures of the candidates)")
+    _add_symmetry(p)
     _add_sampling(p)
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
     _add_device(p)
@@ -122,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "candidates with StructureMatcher (get_rms_dist, stol 0.5, ltol 0.3, angle_tol 10). "
                        "Resumable: rerun with the same --out.")
     p.add_argument("--data", required=True, help="benchmark name (`xtalforge datasets`) or a CSV with a cif column")
-    p.add_argument("--method", default="template", help="template (default), auto, dao-g, redecorate")
+    p.add_argument("--method", default=None, help="template (default), auto, dao-g, redecorate, symmetry")
+    p.add_argument("--given-symmetry", action="store_true",
+                   help="sample each test structure's own space group and Wyckoff positions (--method symmetry)")
     p.add_argument("--k", default="1,20", help="comma-separated k values (default 1,20)")
     p.add_argument("--limit", type=positive_int, default=None, help="a reproducible random sample of N entries")
     p.add_argument("--rank-by", default="auto", choices=RANK_BY, help="candidate order, as for predict")
@@ -154,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="auto", help="CSP method for compositions (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed of that method (default 0)")
 
-    p = sub.add_parser("train", help="train DAO-G / DAO-P (`xtalforge train dao-g --help`)",
+    p = sub.add_parser("train", help="train DAO-G / DAO-P / the Wyckoff flow (`xtalforge train dao-g --help`)",
                        description="Train a model; every option after the model name goes to its training script.")
-    p.add_argument("model", choices=["dao-g"], help="dao-g (its --objective flow / dao-p selects the variant)")
+    p.add_argument("model", choices=["dao-g", "wyckoff-flow"],
+                   help="dao-g (its --model dao-g-flow / dao-p selects the variant) or wyckoff-flow")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the training script (--help lists them)")
 
     sub.add_parser("datasets", help="list the benchmark data sets and the protocol")
@@ -185,6 +221,8 @@ def cmd_predict(args) -> int:
     from xtalforge.prediction import format_table, predict, write_candidates
 
     t0 = time.perf_counter()
+    if args.spacegroup is not None and args.method == "auto":  # a requested group is what the symmetry method is
+        args.method = "symmetry"
     kwargs = _method_kwargs(args)
     if args.no_redecorate:
         if args.method != "auto":
@@ -208,6 +246,7 @@ def cmd_evaluate(args) -> int:
     from xtalforge.methods import method_parameters
     from xtalforge.prediction import predictor
 
+    args.method = args.method or ("symmetry" if args.given_symmetry else "template")
     try:
         ks = tuple(sorted({int(k) for k in args.k.split(",")}))
     except ValueError:
@@ -236,7 +275,8 @@ def cmd_evaluate(args) -> int:
         kwargs["library"] = benchmark_library(args.data, pooled=pooled, aflow=aflow)
     method = predictor(args.method, n=max(ks), rank_by=args.rank_by, pool=args.pool, device=args.device, **kwargs)
     report = evaluate_csp(method, test, ks=ks, out_dir=out, limit=args.limit, seed=args.seed,
-                          workers=args.workers, scheduler=args.scheduler, library=library, timeout=args.timeout)
+                          workers=args.workers, scheduler=args.scheduler, library=library, timeout=args.timeout,
+                          given_symmetry=args.given_symmetry)
     curve = _plot_curve(out, max(ks), f"{args.method} on {Path(args.data).name}")
     print(markdown_table(report))
     print(f"\nreport written to {out / 'report.json'}" + (f", match rate against k in {curve}" if curve else ""))
@@ -287,7 +327,8 @@ def cmd_property(args) -> int:
 def cmd_train(args) -> int:
     from xtalforge.training.train import train_main
 
-    return int(train_main(args.rest) or 0)
+    rest = ["--model", "wyckoff-flow", *args.rest] if args.model == "wyckoff-flow" else args.rest
+    return int(train_main(rest) or 0)
 
 
 def cmd_datasets(args) -> int:

@@ -151,6 +151,7 @@ BUILTIN_METHODS = {
     "auto": "xtalforge.pipeline",
     "dao-g": "xtalforge.models.dao_g",
     "template+dao-g": "xtalforge.models.dao_g",
+    "symmetry": "xtalforge.models.wyckoff_flow",
 }
 
 

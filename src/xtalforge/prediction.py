@@ -31,7 +31,7 @@ DEFAULT_RANK_BY = "score"
 #: ... except for a generator alone, whose samples are ranked by consensus over a pool of ``GENERATOR_POOL``.
 GENERATOR_RANK_BY = "consensus"
 #: Methods whose samples ``rank_by="auto"`` ranks by consensus.
-GENERATORS = ("dao-g",)
+GENERATORS = ("dao-g", "symmetry")
 
 
 @dataclass

@@ -280,6 +280,7 @@ class RankedPool(CSPMethod):
             raise XtalforgeError("a ranked pool orders candidates as drawn; relax them afterwards")
         self.inner, self.by, self.pool = inner, by, int(pool)
         self.name, self.max_atoms = inner.name, inner.max_atoms
+        self.accepts_structures = getattr(inner, "accepts_structures", False)
 
     def settings(self) -> dict:
         return {**self.inner.settings(), "rank_by": self.by, "pool": self.pool}

@@ -38,6 +38,8 @@ class CrysformerConfig:
         edge_per_layer: a separate edge projection per block (paper) instead of one shared by all blocks.
         volume_per_atom: typical volume per atom (Angstrom^3) that scales the Gram matrix to O(1) values.
         num_types: classes of the type head (atomic numbers 1..num_types map to classes 0..num_types-1).
+        cross_attention: after every block, atoms attend to context tokens (e.g. target properties, seed 003's
+            property fusion); off for DAO-G / DAO-P.
     """
 
     hidden: int = 128
@@ -48,6 +50,7 @@ class CrysformerConfig:
     edge_per_layer: bool = False
     volume_per_atom: float = 20.0
     num_types: int = NUM_ELEMENTS
+    cross_attention: bool = False
 
     @classmethod
     def paper(cls) -> CrysformerConfig:
@@ -167,6 +170,30 @@ class CrysformerBlock(nn.Module):
         return self.gate_ffn(x, self.ffn(self.norm_ffn(x)))
 
 
+class ContextAttention(nn.Module):
+    """Atoms (queries) attend to a few context tokens (keys and values), seed 003's fusion of a property embedding
+    into the crystal features: ``x + W_o softmax(q k^T / sqrt(d)) v``. The output projection starts at zero, so a
+    backbone initialised from weights trained without context computes the same function at first."""
+
+    def __init__(self, cfg: CrysformerConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.hidden // cfg.heads
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.q = nn.Linear(cfg.hidden, cfg.hidden)
+        self.kv = nn.Linear(cfg.hidden, 2 * cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.hidden)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, N, H); tokens (B, P, H); token_mask (B, P) True for tokens to attend to (at least one per row)."""
+        b, n, hid = x.shape
+        q = self.q(self.norm(x)).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(tokens).view(b, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask[:, None, None, :])
+        return x + self.out(out.transpose(1, 2).reshape(b, n, hid))
+
+
 def head_major(edge: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N, N, H) edge embeddings -> the layouts the blocks read: contiguous (B, N_i, heads, N_j, H / heads) and
     its transpose (B, N_i, heads, H / heads, N_j)."""
@@ -182,7 +209,8 @@ class Crysformer(nn.Module):
         ``coord``: (B, N, 3) per-atom fractional-coordinate output (invariant);
         ``lattice``: (B, 3, 3) ``M @ L`` (rotates with the lattice: L R^T -> out R^T);
         ``type_logits``: (B, N, num_types);
-        ``scalar``: (B,) invariant scalar (energy head of DAO-P).
+        ``scalar``: (B,) invariant scalar (energy head of DAO-P);
+        ``pooled``: (B, H) mean of the final atom features (invariant), for heads of other models.
     """
 
     def __init__(self, cfg: CrysformerConfig | None = None) -> None:
@@ -197,6 +225,7 @@ class Crysformer(nn.Module):
         n_edge = cfg.layers if cfg.edge_per_layer else 1
         self.embed_edge = nn.ModuleList([nn.Linear(edge_in, cfg.hidden) for _ in range(n_edge)])
         self.blocks = nn.ModuleList([CrysformerBlock(cfg) for _ in range(cfg.layers)])
+        self.context = nn.ModuleList([ContextAttention(cfg) for _ in range(cfg.layers)] if cfg.cross_attention else [])
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.coord_head = nn.Linear(cfg.hidden, 3, bias=False)
         self.lattice_head = nn.Linear(cfg.hidden, 9)
@@ -205,14 +234,18 @@ class Crysformer(nn.Module):
         self.scalar_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, 1))
 
     def forward(self, lattice: torch.Tensor, frac: torch.Tensor, types: torch.Tensor, mask: torch.Tensor,
-                t: torch.Tensor) -> dict[str, torch.Tensor]:
+                t: torch.Tensor, node_cond: torch.Tensor | None = None,
+                context: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """lattice (B, 3, 3) Angstrom rows; frac (B, N, 3); types (B, N) atomic numbers; mask (B, N) bool; t (B,) in
-        [0, 1] (diffusion time / T)."""
+        [0, 1] (diffusion time / T). Optional: ``node_cond`` (B, N, H) added to the atom embeddings (e.g. Wyckoff
+        positions); ``context`` = (tokens (B, P, H), token mask (B, P)) read by the context attention layers."""
         dtype = lattice.dtype
         mask_f = mask.to(dtype)[..., None]
         node = self.embed_type(self.element_features[types.clamp(0, NUM_ELEMENTS)].to(dtype))
         temb = sinusoidal_embedding(t.to(dtype), self.cfg.time_dim)
         x = self.embed_node(torch.cat([node, temb[:, None, :].expand(-1, node.shape[1], -1)], dim=-1))
+        if node_cond is not None:
+            x = x + node_cond
         pair_mask = mask[:, None, None, :]
         project = edge_projector(lattice, frac, mask, self.cfg.n_freq, self.cfg.volume_per_atom)
         edge = head_major(project(self.embed_edge[0]), self.cfg.heads)
@@ -220,6 +253,8 @@ class Crysformer(nn.Module):
             if self.cfg.edge_per_layer and i > 0:
                 edge = head_major(project(self.embed_edge[i]), self.cfg.heads)
             x = block(x, edge, pair_mask)
+            if self.context and context is not None:
+                x = self.context[i](x, *context)
         x = self.norm_out(x) * mask_f
         pooled = x.sum(dim=1) / mask_f.sum(dim=1).clamp(min=1.0)
         m = self.lattice_head(pooled).view(-1, 3, 3)
@@ -228,4 +263,5 @@ class Crysformer(nn.Module):
             "lattice": m @ lattice,
             "type_logits": self.type_head(x),
             "scalar": self.scalar_head(pooled).squeeze(-1),
+            "pooled": pooled,
         }

@@ -139,8 +139,12 @@ def generate_candidates(
     chunk: int = 64,
     limit: int | None = None,
     progress: bool = True,
+    given_symmetry: bool = False,
 ) -> dict:
     """Stage 1: ``n`` candidates per test row, appended to the JSON-lines file ``out`` (resumable).
+
+    ``given_symmetry``: the method gets each test structure itself instead of its atoms, and samples in that
+    structure's space group and Wyckoff positions (methods with ``accepts_structures``).
 
     Rows are taken in chunks of ``chunk`` (the method batches internally); chunk ``c`` is generated with seed
     ``seed + c`` and always as a whole, so a resumed run reproduces an uninterrupted one for a deterministic method.
@@ -166,7 +170,7 @@ def generate_candidates(
             missing = [r for r in block if r not in done]
             if not missing:
                 continue
-            records = _generate_block(method, test, block, ids, n, seed + c)
+            records = _generate_block(method, test, block, ids, n, seed + c, given_symmetry)
             append_jsonl(fh, [records[r] for r in missing])
             generated += len(missing)
             bar.update(len(missing))
@@ -174,14 +178,16 @@ def generate_candidates(
 
 
 def _generate_block(
-    method: CSPMethod, test: CrystalDataset, block: list[int], ids: list[str], n: int, seed: int
+    method: CSPMethod, test: CrystalDataset, block: list[int], ids: list[str], n: int, seed: int,
+    given_symmetry: bool = False,
 ) -> dict:
-    targets = {r: test.atoms_of(r).tolist() for r in block}
-    records = {r: {"index": r, "material_id": ids[r], "num_atoms": len(targets[r]), "candidates": []} for r in block}
+    targets = {r: test[r] if given_symmetry else test.atoms_of(r).tolist() for r in block}
+    sizes = {r: len(test.atoms_of(r)) for r in block}
+    records = {r: {"index": r, "material_id": ids[r], "num_atoms": sizes[r], "candidates": []} for r in block}
     runnable = []
     for r in block:
-        if len(targets[r]) > method.max_atoms:
-            records[r].update(seconds=0.0, error=f"{len(targets[r])} atoms > max_atoms {method.max_atoms}")
+        if sizes[r] > method.max_atoms:
+            records[r].update(seconds=0.0, error=f"{sizes[r]} atoms > max_atoms {method.max_atoms}")
         else:
             runnable.append(r)
     if not runnable:
@@ -417,8 +423,12 @@ def evaluate_csp(
     tol: MatchTolerance | None = None,
     chunk: int = 64,
     progress: bool = True,
+    given_symmetry: bool = False,
 ) -> dict:
     """Generate ``max(ks)`` candidates per test row, match them, summarise, and write ``report.json``.
+
+    ``given_symmetry``: sample each row in its own space group and Wyckoff positions (see
+    :func:`generate_candidates`; the setting of the DiffCSP++ / Uni-MDM "true symmetry" tables).
 
     Files in ``out_dir`` (default ``csp_eval/<method name>``): ``candidates.jsonl``, ``matches.jsonl``,
     ``report.json``. Re-running with the same settings resumes; different settings in an existing folder are
@@ -426,6 +436,8 @@ def evaluate_csp(
     reproducible random sample of rows. Returns the report.
     """
     tol = tol or MatchTolerance()
+    if given_symmetry and not getattr(method, "accepts_structures", False):
+        raise XtalforgeError(f"method '{method.name}' cannot take a given symmetry (use --method symmetry)")
     ks = sorted({int(k) for k in ks})
     out_dir = Path(out_dir) if out_dir is not None else Path("csp_eval") / method.name
     settings = {
@@ -436,6 +448,7 @@ def evaluate_csp(
         "limit": limit,
         "seed": seed,
         "chunk": chunk,
+        "given_symmetry": given_symmetry,
         "timeout_s_per_pair": timeout,
         "candidates_relaxed": bool(method.settings().get("relaxed", False)),
         "data_sha256": test.sha256,
@@ -443,7 +456,8 @@ def evaluate_csp(
         "rows_sha256": test.rows_sha256(),
     }
     _check_settings(out_dir / "settings.json", settings)
-    gen = generate_candidates(method, test, max(ks), out_dir / "candidates.jsonl", seed, chunk, limit, progress)
+    gen = generate_candidates(method, test, max(ks), out_dir / "candidates.jsonl", seed, chunk, limit, progress,
+                              given_symmetry)
     match = match_candidates(test, out_dir / "candidates.jsonl", out_dir / "matches.jsonl", max(ks), tol, workers,
                              timeout, scheduler, progress=progress)
     mask = template_free_mask(test, library) if library is not None else None

@@ -55,7 +55,11 @@ class TrainConfig:
         ema_decay, grad_clip, seed, ckpt_minutes, log_every: as named.
         threads: torch CPU threads per process; device: ``cpu`` or ``cuda``.
         model: ``dao-g`` (diffusion only), ``dao-g-flow`` (the same backbone trained by flow matching,
-            ``models/dao_g/flow.py``) or ``dao-p`` (diffusion + exponential energy loss, see ``models/dao_p.py``).
+            ``models/dao_g/flow.py``), ``dao-p`` (diffusion + exponential energy loss, see ``models/dao_p.py``) or
+            ``wyckoff-flow`` (flow matching of the free Wyckoff and lattice parameters, ``models/wyckoff_flow``;
+            the training crystals are symmetrised first, ``data/symmetric.py``) or ``symmetry-proposer`` (the
+            autoregressive space group + Wyckoff proposer, ``models/symmetry_proposer``; ``batch_atoms`` counts
+            tokens).
         energy_column: DAO-P label column (eV/atom); empty = the benchmarks' ``energy_column``.
     """
 
@@ -126,7 +130,7 @@ def load_training_data(cfg: TrainConfig) -> tuple[CrystalDataset, list[str]]:
 
 def energy_column(cfg: TrainConfig) -> str | None:
     """The label column a DAO-P run trains on (None for DAO-G): one column shared by every named benchmark."""
-    if cfg.model in ("dao-g", "dao-g-flow"):
+    if cfg.model in ("dao-g", "dao-g-flow", "wyckoff-flow", "symmetry-proposer"):
         return None
     if cfg.energy_column:
         return cfg.energy_column
@@ -136,8 +140,9 @@ def energy_column(cfg: TrainConfig) -> str | None:
     return columns.pop()
 
 
-def build_model(cfg: TrainConfig, data: CrystalDataset, meta: dict) -> DAOG:
-    """The model named by ``cfg.model`` (DAO-P gets its energy scaling from the training labels)."""
+def build_model(cfg: TrainConfig, data, meta: dict) -> torch.nn.Module:
+    """The model named by ``cfg.model`` (DAO-P gets its energy scaling from the training labels, the Wyckoff flow
+    its property normalisation)."""
     if cfg.model == "dao-g":
         return DAOG(cfg.model_config(), meta=meta)
     if cfg.model == "dao-g-flow":
@@ -149,7 +154,38 @@ def build_model(cfg: TrainConfig, data: CrystalDataset, meta: dict) -> DAOG:
 
         column = energy_column(cfg)
         return DAOP.for_labels(data.meta[column].to_numpy(), column, cfg=cfg.model_config(), meta=meta)
-    raise XtalforgeError(f"unknown model '{cfg.model}' (choose dao-g, dao-g-flow or dao-p)")
+    if cfg.model == "wyckoff-flow":
+        from xtalforge.models.wyckoff_flow import WyckoffFlow
+
+        return WyckoffFlow.for_data(data.properties, cfg.model_config(), meta)
+    if cfg.model == "symmetry-proposer":
+        from xtalforge.models.symmetry_proposer import ProposerConfig, SymmetryProposer
+
+        return SymmetryProposer(ProposerConfig(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads), meta)
+    raise XtalforgeError(f"unknown model '{cfg.model}' (choose dao-g, dao-g-flow, dao-p, wyckoff-flow or "
+                         "symmetry-proposer)")
+
+
+def initialise(model: torch.nn.Module, init_from: str, device: str) -> None:
+    """Fine-tuning start: the weights of a checkpoint of the same model, or (Wyckoff flow) a DAO-G backbone."""
+    if hasattr(model, "load_backbone"):
+        ckpt = torch.load(shipped_or_path(init_from), map_location=device, weights_only=False)
+        if ckpt.get("format") == model.checkpoint()["format"]:
+            model.load_state_dict(ckpt["state_dict"])
+        else:
+            model.load_backbone(init_from)
+        return
+    model.load_state_dict(DAOG.load(init_from, device).state_dict())
+
+
+def shipped_or_path(name: str) -> Path:
+    """A checkpoint file from a path or a shipped DAO-G / Wyckoff flow name."""
+    from xtalforge.checkpoints import WEIGHTS_DIR
+
+    for candidate in (Path(name), WEIGHTS_DIR / f"wyckoff_flow_{name}.pt", WEIGHTS_DIR / f"dao_g_{name}.pt"):
+        if candidate.is_file():
+            return candidate
+    raise XtalforgeError(f"no weights '{name}' (neither a file nor shipped weights)")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -190,16 +226,36 @@ def train(cfg: TrainConfig) -> Path:
     cells = [data.atoms_of(i).tolist() for i in range(len(data))]
     meta = {"data": cfg.data, "source": data.source, "n_train": len(data), "checked_no_leak": checked,
             "max_atoms": int(data.num_atoms.max()), "z_prior": z_prior(cells)}
+    label_column = energy_column(cfg)
+    if cfg.model in ("wyckoff-flow", "symmetry-proposer"):
+        from xtalforge.data.symmetric import collate_rows, symmetrize
+
+        data = symmetrize(data)  # cached: the first run of a data set spends ~20 ms a crystal here
+        meta.update(n_train=len(data), symmetrized=f"{data.source}; left out: {data.skipped}")
+
+        def make_batch(idx):
+            return collate_rows(data, idx)
+    if cfg.model == "symmetry-proposer":
+        from xtalforge.models.symmetry_proposer.model import ProposerBatch, frequency_prior
+        from xtalforge.models.symmetry_proposer.tokens import encode
+
+        data = encode(data)  # token sequences; `num_atoms` is their length
+        meta.update(n_train=len(data), group_prior=frequency_prior(data))
+
+        def make_batch(idx):
+            return ProposerBatch(data, idx)
+    if cfg.model not in ("wyckoff-flow", "symmetry-proposer"):
+        def make_batch(idx):
+            return collate(data, idx, energy_column=label_column)
 
     model = build_model(cfg, data, meta).to(device)
-    label_column = energy_column(cfg)
     state = {"step": 0, "epoch": 0, "pos": 0, "seconds": 0.0}
     resume = ckpt_path.is_file()
     if resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
     elif cfg.init_from:
-        model.load_state_dict(DAOG.load(cfg.init_from, device).state_dict())
+        initialise(model, cfg.init_from, device)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume:
@@ -229,7 +285,7 @@ def train(cfg: TrainConfig) -> Path:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not master, mininterval=10, desc="dao-g")
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not master, mininterval=10, desc=cfg.model)
     start = last_ckpt = time.time()
     seconds0 = state["seconds"]
     window = {"crystals": 0, "t0": time.time(), "logs": []}
@@ -239,7 +295,7 @@ def train(cfg: TrainConfig) -> Path:
             state["epoch"], state["pos"] = state["epoch"] + 1, 0
             batches = epoch_batches(data.num_atoms, cfg, state["epoch"], rank, world)
         idx = batches[state["pos"]]
-        batch = collate(data, idx, energy_column=label_column).to(device)
+        batch = make_batch(idx).to(device)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state["step"] * world + rank)
         for group in opt.param_groups:
             group["lr"] = lr_at(state["step"], cfg)
@@ -315,7 +371,8 @@ FIELD_HELP = {
     "ema_decay": "decay of the EMA weights that are saved", "grad_clip": "gradient-norm clip",
     "seed": "random seed", "ckpt_minutes": "minutes between checkpoints", "log_every": "steps between log lines",
     "threads": "torch CPU threads per process", "device": "cpu or cuda",
-    "model": "dao-g (diffusion), dao-g-flow (flow matching) or dao-p (diffusion + energy head)",
+    "model": "dao-g (diffusion), dao-g-flow (flow matching), dao-p (+ energy head), wyckoff-flow (symmetry) or "
+             "symmetry-proposer",
     "energy_column": "DAO-P label column in eV/atom (default: the benchmark's)",
 }
 

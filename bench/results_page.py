@@ -256,6 +256,30 @@ def targets(prefix: str) -> str:
               " Match: " + MATCHER + ".")
 
 
+def symmetry(prefix: str) -> str:
+    """Tables of the symmetry benchmarks, as their scripts wrote them (each JSON holds its own table)."""
+    parts = []
+    for name, title, note in (
+            ("symmetry_roundtrip.json", "Wyckoff layer round trip", "crystal -> group, orbits, free parameters -> "
+             "crystal, rebuilt = StructureMatcher identity"),
+            ("symmetry_csp.json", "CSP with the symmetry method", "k=1 is the first sample of the draw (the "
+             "DiffCSP++ convention) unless the run's rank-by says otherwise; match: " + MATCHER),
+            ("symmetry_proposer.json", "Symmetry proposer: true symmetry among the top k answers", "test rows, truth "
+             "= pyxtal at symprec 0.01 A; baselines: training-data frequency of the groups, library structures of "
+             "the same anonymised formula"),
+            ("symmetry_conditioning.json", "Property conditioning of the Wyckoff flow", "hit = DAO-P prediction "
+             "within the window of the target; same rows and random numbers with and without the target"),
+            ("design.json", "Design by property (`xtalforge design`)", "conditioned vs unconditioned samples of the "
+             "same elements, both ranked by design.rank_designs"),
+            ("symmetry_speed.json", "Wyckoff flow sampling cost", "1 thread, batched as the method batches")):
+        path = RESULTS / name
+        if not path.is_file():
+            raise SystemExit(f"results_page: required result file missing: {path}")
+        doc = json.loads(path.read_text())
+        parts += [f"### {title}", "", doc["table"], "", f"{note}. From {link(name, prefix)}.", ""]
+    return "\n".join(parts)
+
+
 def model_cards() -> str:
     cards = sorted(WEIGHTS.glob("*.md"))
     if not cards:
@@ -271,6 +295,7 @@ def page() -> str:
         ("Property prediction (DAO-P) and Tc", lambda: properties(prefix)),
         ("Speed", lambda: speed(prefix)),
         ("DAO-G targets", lambda: targets(prefix)),
+        ("Symmetry: constrained generation, proposer, design", lambda: symmetry(prefix)),
         ("Model cards", model_cards),
     ]
     parts = ["# Results", "",

@@ -1,5 +1,5 @@
 """CSP with the symmetry method (Wyckoff flow) on the benchmarks: given the true symmetry, conditioned on the test
-rows' own labels, and with library symmetry (no group given), next to the same rows' numbers of other methods.
+rows' own labels, and with no group given (library symmetry, proposed symmetry, or both).
 
     python bench/symmetry_csp.py --limit 200 --seed 1 --out bench/results/symmetry_csp.json
     python bench/symmetry_csp.py --runs given:mp_20_biternary,library:mpts_52 --limit 100
@@ -30,11 +30,13 @@ from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.prediction import predictor
 
 DEFAULT_RUNS = ("given:mp_20_biternary,labels:mp_20_biternary,given:mpts_52,given:perov_5,given:carbon_24,"
-                "library:mpts_52,library:mp_20_biternary")
+                "library:mpts_52,proposer:mpts_52,both:mpts_52")
 MODES = {
     "given": "true space group and Wyckoff letters of each test row",
     "labels": "true symmetry, conditioned on the row's formation energy and band gap (Uni-MDM's setting)",
     "library": "no symmetry given: groups of the library structures of the same anonymised formula",
+    "proposer": "no symmetry given: the symmetry proposer's most probable answers",
+    "both": "no symmetry given: the library's groups first, then the proposer's",
 }
 
 
@@ -45,10 +47,12 @@ def run_one(mode: str, data: str, args) -> dict:
     library = training_set(data, pooled=True, aflow=True)  # for the template-free subset of every run
     if mode == "labels":
         kwargs["structure_properties"] = True
-    if mode == "library":
+    if mode in ("library", "proposer", "both"):
         from xtalforge.templates.library import benchmark_library
 
-        kwargs["library"] = benchmark_library(data, pooled=True, aflow=True)
+        kwargs["source"] = mode
+        if mode != "proposer":
+            kwargs["library"] = benchmark_library(data, pooled=True, aflow=True)
     method = predictor("symmetry", n=20, rank_by=args.rank_by, pool=args.pool, **kwargs)
     start = time.perf_counter()
     report = evaluate_csp(method, test, ks=(1, 20), out_dir=out, limit=args.limit, seed=args.seed,
@@ -85,8 +89,8 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated MODE:BENCHMARK (modes: given, labels, "
-                        "library)")
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated MODE:BENCHMARK (modes: "
+                        f"{', '.join(MODES)})")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--weights", default="mp", help="Wyckoff flow weights (shipped name or file)")

@@ -150,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default ./xtalforge_<formula>)")
     _add_device(p)
 
+    p = sub.add_parser("design", help="structures of given elements aimed at a band gap / formation energy",
+                       description="Charge-balanced compositions of the elements (SMACT), symmetry from the proposer, "
+                       "structures from the property-conditioned Wyckoff flow; ranked by closeness of the predicted "
+                       "properties (DAO-P) to the targets plus CHGNet energy above the lowest found per composition.")
+    p.add_argument("--elements", required=True, help="comma-separated, e.g. Li,Fe,P,O")
+    p.add_argument("--band-gap", type=float, default=None, help="target band gap (eV)")
+    p.add_argument("--formation-energy", type=float, default=None, help="target formation energy (eV/atom)")
+    p.add_argument("--spacegroup", type=positive_int, default=None, metavar="N", help="only space group N")
+    p.add_argument("--max-atoms", type=positive_int, default=40, help="largest cell (default 40)")
+    p.add_argument("--n", type=positive_int, default=20, help="structures returned (default 20)")
+    p.add_argument("--compositions", type=positive_int, default=6, help="compositions sampled (default 6)")
+    p.add_argument("--samples", type=positive_int, default=8, help="samples per composition (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default=None, help="output folder (default ./xtalforge_design_<elements>)")
+    _add_device(p)
+
     p = sub.add_parser("evaluate", help="CSP match rate and RMSE of a method on a benchmark or a CSV of structures",
                        description="Runs what `predict` runs on every test structure's exact cell and matches the "
                        "candidates with StructureMatcher (get_rms_dist, stol 0.5, ltol 0.3, angle_tol 10). "
@@ -189,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="auto", help="CSP method for compositions (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed of that method (default 0)")
 
-    p = sub.add_parser("train", help="train DAO-G / DAO-P / the Wyckoff flow (`xtalforge train dao-g --help`)",
+    p = sub.add_parser("train", help="train DAO-G / DAO-P / the Wyckoff flow / the symmetry proposer",
                        description="Train a model; every option after the model name goes to its training script.")
-    p.add_argument("model", choices=["dao-g", "wyckoff-flow"],
-                   help="dao-g (its --model dao-g-flow / dao-p selects the variant) or wyckoff-flow")
+    p.add_argument("model", choices=["dao-g", "wyckoff-flow", "symmetry-proposer"],
+                   help="dao-g (its --model dao-g-flow / dao-p selects the variant), wyckoff-flow or symmetry-proposer")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the training script (--help lists them)")
 
     sub.add_parser("datasets", help="list the benchmark data sets and the protocol")
@@ -206,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return {"predict": cmd_predict, "evaluate": cmd_evaluate, "relax": cmd_relax, "property": cmd_property,
+        return {"predict": cmd_predict, "design": cmd_design, "evaluate": cmd_evaluate, "relax": cmd_relax,
+                "property": cmd_property,
                 "train": cmd_train,
                 "datasets": cmd_datasets}[args.command](args)
     except XtalforgeError as exc:
@@ -324,10 +341,32 @@ def cmd_property(args) -> int:
     return 0
 
 
+def cmd_design(args) -> int:
+    import logging
+
+    from xtalforge.design import as_candidates, check_targets, design, format_designs
+    from xtalforge.prediction import write_candidates
+
+    t0 = time.perf_counter()
+    logging.basicConfig(format="xtalforge: warning: %(message)s", level=logging.WARNING)
+    targets = check_targets({k: v for k, v in (("band_gap", args.band_gap),
+                                               ("formation_energy", args.formation_energy)) if v is not None})
+    elements = args.elements.split(",")
+    found = design(elements, targets, spacegroup=args.spacegroup, max_atoms=args.max_atoms, n=args.n,
+                   compositions_tried=args.compositions, samples=args.samples, seed=args.seed, device=args.device)
+    out = Path(args.out or f"xtalforge_design_{''.join(e.strip() for e in elements)}")
+    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    write_candidates(as_candidates(found), out, settings)
+    print(format_designs(found, targets))
+    print(f"\n{len(found)} structures written to {out}/ in {time.perf_counter() - t0:.1f} s "
+          "(* = predicted property within the hit window of its target)")
+    return 0
+
+
 def cmd_train(args) -> int:
     from xtalforge.training.train import train_main
 
-    rest = ["--model", "wyckoff-flow", *args.rest] if args.model == "wyckoff-flow" else args.rest
+    rest = args.rest if args.model == "dao-g" else ["--model", args.model, *args.rest]
     return int(train_main(rest) or 0)
 
 

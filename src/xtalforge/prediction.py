@@ -94,6 +94,8 @@ class Candidate:
             "natoms": self.crystal.num_atoms,
             "z": self.z,
             "spacegroup": self.spacegroup,
+            # the group and orbits the symmetry method sampled (its requested group; spglib may find a supergroup)
+            "wyckoff": (f"{self.info['spacegroup']}: {self.info['wyckoff']}" if "wyckoff" in self.info else None),
             "volume_A3": round(self.crystal.volume, 3),
             "energy_eV_per_atom": None if self.energy_per_atom is None else round(self.energy_per_atom, 4),
             "static_energy_eV_per_atom": None if self.static_energy_per_atom is None
@@ -228,10 +230,10 @@ def _relax_all(crystals: list[Crystal], formula: str) -> list[Crystal]:
 
 
 def format_table(candidates: list[Candidate]) -> str:
-    """A markdown table of the candidates (rank, formula, space group, volume, relaxed and static energies, ranking
-    name and value)."""
+    """A markdown table of the candidates (rank, formula, space group, sampled Wyckoff positions, volume, relaxed
+    and static energies, ranking name and value)."""
     rows = [c.row() for c in candidates]
-    head = ["rank", "formula", "natoms", "z", "spacegroup", "volume_A3", "energy_eV_per_atom",
+    head = ["rank", "formula", "natoms", "z", "spacegroup", "wyckoff", "volume_A3", "energy_eV_per_atom",
             "static_energy_eV_per_atom", "score", "method", "rank_by", "rank_value"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -273,7 +275,8 @@ def write_candidates(candidates: list[Candidate], out_dir: str | os.PathLike, se
             atomic_write_text(tmp / name, c.crystal.to_cif_string())
             # which shipped weights made a generated candidate (the defaults change between versions)
             rows.append({**c.row(), "weights": c.info.get("weights"), "ranked_among": c.info.get("ranked_among"),
-                         "consensus_matches": c.info.get("consensus_matches"), "file": name})
+                         "consensus_matches": c.info.get("consensus_matches"), **c.info.get("columns", {}),
+                         "file": name})
         atomic_write_text(tmp / "summary.md", format_table(candidates) + "\n")
         import pandas as pd
 

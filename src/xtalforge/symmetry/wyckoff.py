@@ -42,6 +42,8 @@ CENTRING = {
 }
 #: Default tolerance (Angstrom) for finding the symmetry of a structure (pyxtal / spglib ``symprec``).
 SYMPREC = 0.01
+#: Most search steps of :func:`assignments` (about a second).
+SEARCH_NODES = 200_000
 NUM_GROUPS = 230
 
 
@@ -262,32 +264,76 @@ def from_structure(structure, symprec: float = SYMPREC) -> SymmetricCrystal:
     return SymmetricCrystal(number, orbits, k)
 
 
+@lru_cache(maxsize=512)
+def position_table(spacegroup: int, max_count: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(primitive multiplicity (W,), dof (W,), fillable (W, max_count + 1) bool) of a group's Wyckoff positions:
+    ``fillable[j, r]``: r atoms of one element fit on positions of index <= j (free ones any number of times, fixed
+    ones once)."""
+    info = group_info(spacegroup)
+    mult = np.array([site_table(spacegroup, w).size for w in range(len(info.letters))])
+    dof = np.array(info.dofs)
+    fill = np.zeros((len(mult), max_count + 1), dtype=bool)
+    reach = np.zeros(max_count + 1, dtype=bool)
+    reach[0] = True
+    for j, m in enumerate(mult):  # add position j to the set {0..j}
+        if m <= max_count:
+            if dof[j] > 0:  # any number of orbits
+                for r in range(m, max_count + 1):
+                    reach[r] |= reach[r - m]
+            else:  # at most one
+                reach[m:] = reach[m:] | reach[:-m]
+        fill[j] = reach
+    return mult, dof, fill
+
+
 def assignments(spacegroup: int, counts: dict[int, int], limit: int = 1000) -> list[list[tuple[int, int]]]:
-    """Every Wyckoff assignment of a group that holds a **primitive** cell's composition exactly, as a list of
-    (atomic number, Wyckoff index) orbits per assignment (at most ``limit``; fewest orbits first).
+    """Wyckoff assignments of a group that hold a **primitive** cell's composition exactly, as lists of (atomic
+    number, Wyckoff index) orbits, fewest orbits first (at most ``limit``). An exact depth-first search over the
+    group's positions (a position without free parameters holds one orbit at most), by increasing orbit count.
 
     ``counts``: atoms of each element in the primitive cell (the conventional cell holds ``n_centring`` times as
     many). Raises a one-line error when none exists.
     """
     info = group_info(spacegroup)
     numbers = sorted(counts)
-    conventional = [int(counts[z]) * info.n_centring for z in numbers]
-    if min(conventional, default=0) < 1:
+    need = [int(counts[z]) for z in numbers]
+    if min(need, default=0) < 1:
         raise XtalforgeError("a composition needs at least one atom of each element")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = _group(spacegroup).list_wyckoff_combinations(conventional, Nmax=max(limit, 1) * 100)
-    combos = found[0] if found else []
-    out = []
-    for combo in combos:
-        orbits = [(z, info.index_of(label.lstrip("0123456789"))) for z, labels in zip(numbers, combo)
-                  for label in labels]
-        out.append(orbits)
+    mult, dof, fill = position_table(spacegroup, max(64, max(need)))
+    top = int(mult.max())
+    out: list[list[tuple[int, int]]] = []
+    nodes = [0]  # the search is exponential where fixed positions conflict: stop after SEARCH_NODES steps
+
+    def search(e: int, left: int, last: int, used: frozenset, budget: int, orbits: list) -> None:
+        nodes[0] += 1
+        if len(out) >= limit or nodes[0] > SEARCH_NODES:
+            return
+        if left == 0:
+            if e + 1 == len(need):
+                if budget == 0:
+                    out.append(list(orbits))
+                return
+            e, left, last = e + 1, need[e + 1], len(mult) - 1
+        if budget < -(-left // top) + sum(-(-n // top) for n in need[e + 1:]):
+            return
+        for j in range(last, -1, -1):
+            m = int(mult[j])
+            if m > left or (dof[j] == 0 and j in used) or not fill[j, left - m]:
+                continue
+            orbits.append((numbers[e], j))
+            search(e, left - m, j if dof[j] > 0 else j - 1, used | {j} if dof[j] == 0 else used, budget - 1, orbits)
+            orbits.pop()
+
+    if all(fill[-1, n] for n in need):
+        for size in range(len(need), sum(need) + 1):
+            search(0, need[0], len(mult) - 1, frozenset(), size, [])
+            if len(out) >= limit or nodes[0] > SEARCH_NODES:
+                break
     if not out:
+        searched = "" if nodes[0] <= SEARCH_NODES else f" (found none in a search of {SEARCH_NODES} steps)"
         raise XtalforgeError(f"space group {spacegroup} ({info.symbol}) has no Wyckoff positions that hold "
                              f"{formula_of(counts)} "
-                             f"in a primitive cell ({info.n_centring} x that in the conventional cell)")
-    out.sort(key=len)
+                             f"in a primitive cell ({info.n_centring} x that in the conventional cell){searched}")
     return out[:limit]
 
 

@@ -7,8 +7,9 @@ Where the symmetry comes from, per target:
   group that holds the cell (fewest orbits first);
 * a target given as a structure (:class:`~xtalforge.crystal.Crystal`, e.g. a test row under
   ``evaluate --given-symmetry``): that structure's own group and Wyckoff letters (DiffCSP++'s "true symmetry");
-* otherwise: the groups and assignments of the library structures of the same anonymised formula, in the order the
-  template method ranks them (until a learned proposer replaces it).
+* otherwise, by ``source``: the symmetry proposer's most probable answers (``proposer``), the groups and assignments
+  of the library structures of the same anonymised formula in the order the template method ranks them
+  (``library``), or the library's first and then the proposer's (``both``).
 
 The ``n`` samples of a target go round-robin over at most ``max_requests`` of those assignments.
 """
@@ -28,6 +29,7 @@ from xtalforge.data.batch import size_bucketed_batches
 from xtalforge.data.symmetric import PROPERTIES, collate_symmetric
 from xtalforge.errors import AtomLimitError, StructureError, XtalforgeError
 from xtalforge.methods import CSPMethod, register
+from xtalforge.models.symmetry_proposer.model import DEFAULT_WEIGHTS as PROPOSER_WEIGHTS
 from xtalforge.models.wyckoff_flow.model import DEFAULT_WEIGHTS, WyckoffFlow
 from xtalforge.models.wyckoff_flow.sampler import sample_wyckoff_flow
 from xtalforge.symmetry.wyckoff import (
@@ -45,6 +47,8 @@ from xtalforge.symmetry.wyckoff import (
 log = logging.getLogger(__name__)
 #: Sampler settings of weights that store none in ``meta["sampler_options"]``.
 SAMPLER_DEFAULTS = {"steps": 50, "anti_anneal": 0.0, "guidance_scale": 1.0}
+#: Where the symmetry of a target without a given group comes from (see the module docstring).
+SOURCES = ("proposer", "library", "both")
 #: Rounds of fresh draws for samples with two atoms closer than 0.5 A (the group and composition always hold).
 RESAMPLE_ROUNDS = 2
 
@@ -64,6 +68,9 @@ class SymmetryMethod(CSPMethod):
         batch_atoms: most padded atoms per network call.
         structure_properties: for a target given as a structure, condition on its own labels (``PROPERTIES``
             found in ``Crystal.properties``), the setting of Uni-MDM's conditioned CSP tables.
+        source: ``SOURCES``; proposer: a :class:`~xtalforge.models.symmetry_proposer.SymmetryProposer` (loaded
+            with its shipped weights when needed and not given).
+        max_atoms: largest cell sampled (default and upper limit: what the weights were trained on).
     """
 
     name = "symmetry"
@@ -73,7 +80,11 @@ class SymmetryMethod(CSPMethod):
                  properties: dict[str, float] | None = None, steps: int | None = None,
                  anti_anneal: float | None = None, guidance_scale: float | None = None, max_requests: int = 4,
                  batch_atoms: int = 4096, device: str = "cpu", library=None, symprec: float = SYMPREC,
-                 structure_properties: bool = False) -> None:
+                 structure_properties: bool = False, source: str = "both", proposer=None,
+                 max_atoms: int | None = None) -> None:
+        if source not in SOURCES:
+            raise XtalforgeError(f"unknown symmetry source '{source}' (choose {', '.join(SOURCES)})")
+        self.source, self._proposer = source, proposer
         own = {**SAMPLER_DEFAULTS, **model.meta.get("sampler_options", {})}
         self.steps = int(own["steps"] if steps is None else steps)
         self.anti_anneal = float(own["anti_anneal"] if anti_anneal is None else anti_anneal)
@@ -92,7 +103,7 @@ class SymmetryMethod(CSPMethod):
         self.max_requests, self.batch_atoms = int(max_requests), int(batch_atoms)
         self.symprec = symprec
         self.structure_properties = bool(structure_properties)
-        self.max_atoms = int(model.meta.get("max_atoms", 52))
+        self.max_atoms = min(int(model.meta.get("max_atoms", 52)), max_atoms or 10**9)
         self._library = library
         self._templates = None
 
@@ -102,7 +113,17 @@ class SymmetryMethod(CSPMethod):
                 "spacegroup": self.spacegroup, "wyckoff": None if self.wyckoff is None else list(self.wyckoff),
                 "properties": {p: v for p, v in zip(PROPERTIES, self.targets) if np.isfinite(v)},
                 "max_requests": self.max_requests, "symprec": self.symprec,
-                "structure_properties": self.structure_properties}
+                "structure_properties": self.structure_properties, "source": self.source,
+                "proposer": None if self.source == "library" else PROPOSER_WEIGHTS if self._proposer is None
+                else self._proposer.meta.get("name", "custom")}
+
+    @property
+    def proposer(self):
+        if self._proposer is None:
+            from xtalforge.models.symmetry_proposer import SymmetryProposer
+
+            self._proposer = SymmetryProposer.load(device=self.device)
+        return self._proposer
 
     # ------------------------------------------------------------------ where the symmetry comes from
     def requests(self, target: Sequence[int] | Crystal) -> list[Request]:
@@ -120,7 +141,26 @@ class SymmetryMethod(CSPMethod):
                 return [(self.spacegroup, tuple(self.wyckoff))]
             found = assignments(self.spacegroup, dict(counts), limit=self.max_requests)
             return [(self.spacegroup, tuple(a)) for a in found]
-        return self._library_requests(list(target))
+        return self._unknown_symmetry(counts, _divisors(counts), library_cells=1)
+
+    def _unknown_symmetry(self, counts: Counter, zs: list[int], library_cells: int | None = None) -> list[Request]:
+        """Requests for a composition without a given group. ``zs``: formula units per primitive cell the proposer
+        may choose; the library is asked for the cells of the largest ``library_cells`` of them (None: all)."""
+        out: list[Request] = []
+        if self.source in ("library", "both"):
+            unit = _unit(counts)
+            for z in sorted(zs, reverse=True)[:library_cells]:
+                out += [r for r in self._library_requests([e for e, c in unit.items() for _ in range(c * z)])
+                        if r not in out]
+        if self.source in ("proposer", "both"):
+            from xtalforge.models.symmetry_proposer import propose
+
+            props = {p: float(v) for p, v in zip(PROPERTIES, self.targets) if np.isfinite(v)}
+            from xtalforge.models.symmetry_proposer.tokens import MAX_Z
+
+            found = propose(self.proposer, dict(counts), props, k=self.max_requests, z=[z for z in zs if z <= MAX_Z])
+            out += [r for r in ((p.spacegroup, p.orbits) for p in found) if r not in out]
+        return out[: self.max_requests]
 
     def _library_requests(self, cell: list[int]) -> list[Request]:
         if self._templates is None:
@@ -192,7 +232,12 @@ class SymmetryMethod(CSPMethod):
         """Samples for a composition of unknown Z: the ``n`` samples go round-robin over the cells (Z values) that
         have an assignment; a one-line error if none has."""
         requests, first_error = [], None
-        for cell in target.cells(self.max_atoms):
+        cells = target.cells(self.max_atoms)
+        if self.spacegroup is None and not target.exact:  # the proposer and the library weigh Z themselves
+            unit = Counter(int(z) for z in cells[0])
+            requests = self._unknown_symmetry(unit, list(range(1, len(cells) + 1)))
+            cells = []
+        for cell in cells:
             try:
                 requests += self.requests(cell)
             except XtalforgeError as exc:
@@ -202,8 +247,7 @@ class SymmetryMethod(CSPMethod):
                 raise first_error
             raise XtalforgeError(f"no library structure has the anonymised formula of {target.formula}: give a "
                                  "space group (--spacegroup)")
-        by_size = sorted(requests, key=lambda r: sum(check_assignment(*r).values()))
-        return self._spread([by_size], n, seed)[0]
+        return self._spread([requests], n, seed)[0]
 
     def _spread(self, per_target: list[list[Request]], n: int, seed: int,
                 properties: list[np.ndarray] | None = None) -> list[list[Crystal]]:
@@ -236,6 +280,18 @@ def _property_vector(properties: dict[str, float]) -> np.ndarray:
     return vec
 
 
+def _unit(counts: Counter) -> Counter:
+    """The formula unit: counts divided by their greatest common divisor."""
+    g = np.gcd.reduce(list(counts.values()))
+    return Counter({z: c // g for z, c in counts.items()})
+
+
+def _divisors(counts: Counter) -> list[int]:
+    """Formula units per primitive cell a cell of these counts may reduce to (it may be a centred supercell)."""
+    g = int(np.gcd.reduce(list(counts.values())))
+    return [z for z in range(1, g + 1) if g % z == 0]
+
+
 def _proportional(a: Counter, b: Counter) -> bool:
     """Same elements in the same ratios (a primitive description of a supercell target still fits)."""
     if set(a) != set(b):
@@ -248,11 +304,18 @@ def _proportional(a: Counter, b: Counter) -> bool:
 def _symmetry_factory(weights: str = DEFAULT_WEIGHTS, spacegroup: int | None = None, wyckoff: str | None = None,
                       formation_energy: float | None = None, band_gap: float | None = None, steps: int | None = None,
                       anti_anneal: float | None = None, guidance_scale: float | None = None, max_requests: int = 4,
-                      device: str = "cpu", library=None, structure_properties: bool = False) -> SymmetryMethod:
+                      device: str = "cpu", library=None, structure_properties: bool = False, source: str = "both",
+                      proposer: str | None = None, max_atoms: int | None = None) -> SymmetryMethod:
     """``get_method("symmetry", spacegroup=194, wyckoff="Mg:a B:d", band_gap=1.0, ...)``."""
     if spacegroup is not None:  # bad requests fail before any weights load
         parse_wyckoff(check_group(spacegroup), wyckoff or "")
     model = WyckoffFlow.load(weights, device)
+    found = None
+    if proposer is not None:
+        from xtalforge.models.symmetry_proposer import SymmetryProposer
+
+        found = SymmetryProposer.load(proposer, device)
     return SymmetryMethod(model, spacegroup, wyckoff, {"formation_energy": formation_energy, "band_gap": band_gap},
                           steps, anti_anneal, guidance_scale, max_requests, device=device, library=library,
-                          structure_properties=structure_properties)
+                          structure_properties=structure_properties, source=source, proposer=found,
+                          max_atoms=max_atoms)

@@ -262,6 +262,8 @@ def symmetry(prefix: str) -> str:
     for name, title, note in (
             ("symmetry_roundtrip.json", "Wyckoff layer round trip", "crystal -> group, orbits, free parameters -> "
              "crystal, rebuilt = StructureMatcher identity"),
+            ("symmetry_honoured.json", "Every sample honours its request", "stored samples of the given-symmetry "
+             "runs: element counts, and spglib's group against the requested one (a supergroup counts)"),
             ("symmetry_csp.json", "CSP with the symmetry method", "k=1 is the first sample of the draw (the "
              "DiffCSP++ convention) unless the run's rank-by says otherwise; match: " + MATCHER),
             ("symmetry_proposer.json", "Symmetry proposer: true symmetry among the top k answers", "test rows, truth "

@@ -42,9 +42,14 @@ MODES = {
 
 def run_one(mode: str, data: str, args) -> dict:
     test = load_split(data, "test")
-    out = Path(args.work) / f"{data}_{mode}_n{args.limit}_s{args.seed}_{args.rank_by}{args.pool}"
-    kwargs = {"weights": args.weights, "steps": args.steps}
     library = training_set(data, pooled=True, aflow=True)  # for the template-free subset of every run
+    tag = ""
+    if args.subset == "template_free":  # draw the rows among the template-free ones only
+        from xtalforge.evaluation.csp import template_free_mask
+
+        test, tag = test.subset(np.flatnonzero(template_free_mask(test, library))), "_tf"
+    out = Path(args.work) / f"{data}{tag}_{mode}_n{args.limit}_s{args.seed}_{args.rank_by}{args.pool}"
+    kwargs = {"weights": args.weights, "steps": args.steps}
     if mode == "labels":
         kwargs["structure_properties"] = True
     if mode in ("library", "proposer", "both"):
@@ -57,7 +62,8 @@ def run_one(mode: str, data: str, args) -> dict:
     start = time.perf_counter()
     report = evaluate_csp(method, test, ks=(1, 20), out_dir=out, limit=args.limit, seed=args.seed,
                           workers=args.workers, library=library, given_symmetry=mode in ("given", "labels"))
-    result = {"mode": mode, "what": MODES[mode], "data": data, "folder": str(out), "results": report["results"],
+    result = {"mode": mode, "what": MODES[mode], "data": data + tag, "folder": str(out), "subset": args.subset,
+              "rank_by": args.rank_by, "pool": args.pool, "results": report["results"],
               "counts": report["counts"], "timings": report["timings"], "settings": report["settings"],
               "wall_s_this_call": time.perf_counter() - start}
     if data == "mpts_52":  # cells of more than 20 atoms
@@ -80,7 +86,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         m = r["results"]["metrics"]
         rmse = m["1"]["rmse"]
-        lines.append(f"| {r['data']} | {r['mode']} | {m['1']['entries']} | {m['1']['match_rate']:.1f} | "
+        mode = r["mode"] if r.get("rank_by", "score") == "score" else f"{r['mode']}, {r['rank_by']} of {r['pool']}"
+        lines.append(f"| {r['data']} | {mode} | {m['1']['entries']} | {m['1']['match_rate']:.1f} | "
                      f"{m['20']['match_rate']:.1f} | {'-' if rmse is None else f'{rmse:.4f}'} | "
                      f"{rates(r.get('gt20'))} | "
                      f"{rates(r['results'].get('template_free'))} |")
@@ -92,6 +99,8 @@ def main() -> None:
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated MODE:BENCHMARK (modes: "
                         f"{', '.join(MODES)})")
     parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--subset", default="all", choices=["all", "template_free"],
+                        help="rows drawn from the whole test split or its template-free rows only")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--weights", default="mp", help="Wyckoff flow weights (shipped name or file)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the weights')")
@@ -115,8 +124,8 @@ def main() -> None:
     out = Path(args.out)
     if out.is_file():  # keep the runs of other invocations, replace those run now
         old = json.loads(out.read_text())
-        keep = [r for r in old.get("results", []) if (r["mode"], r["data"]) not in
-                {(r["mode"], r["data"]) for r in results}]
+        key = lambda r: (r["mode"], r["data"], r.get("rank_by", "score"))  # noqa: E731
+        keep = [r for r in old.get("results", []) if key(r) not in {key(r) for r in results}]
         doc["results"] = keep + results
         doc["table"] = table(doc["results"])
     write_json(out, doc)

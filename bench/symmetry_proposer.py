@@ -8,10 +8,13 @@ For each row (random, reproducible: ``--limit``, ``--seed``), the truth is the r
 units), three ranked lists of answers are scored:
 
 * ``proposer``: the shipped (or ``--weights``) proposer's beam search, by probability;
-* ``frequency``: space groups in order of their share of the proposer's training data, keeping those that hold the
-  composition, each followed by its assignments with the fewest orbits (at most 4 per group);
+* ``frequency``: space groups in order of their share of the benchmark's own training data (its val split,
+  symmetrised), keeping those that hold the composition, each followed by its assignments with the fewest orbits (at
+  most 4 per group);
 * ``library``: the symmetry of the template method's candidates (library structures of the same anonymised formula,
-  ``benchmark_library(data, pooled=True, aflow=True)``), in the template method's order.
+  ``benchmark_library(data, pooled=True, aflow=True)``), in the template method's order;
+* ``library+proposer``: the library's answers, then the proposer's that are not among them (the symmetry method's
+  ``source="both"`` order).
 
 Top-k of the space group counts the distinct groups of the list in order; top-k of the assignment needs the group
 and the multiset of (element, Wyckoff letter) equal. ROUGE-1/2/L (``rouge-score``, F-measure) compare the text form
@@ -21,6 +24,7 @@ of the top answer with that of the truth, the seed's measure of its language mod
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import time
 from collections import Counter
@@ -35,15 +39,11 @@ from xtalforge.data import load_split
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.symmetry_proposer import Proposal, SymmetryProposer, propose
+from xtalforge.models.wyckoff_flow.method import divisors
 from xtalforge.symmetry import assignments, from_structure
 from xtalforge.symmetry.wyckoff import position_table
 
 KS = (1, 5, 20)
-
-
-def divisors(counts: Counter) -> list[int]:
-    g = int(np.gcd.reduce(list(counts.values())))
-    return [z for z in range(1, g + 1) if g % z == 0]
 
 
 def frequency_answers(counts: Counter, zs: list[int], prior: dict[int, float], k: int) -> list[tuple]:
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--weights", default="mp")
+    parser.add_argument("--all-template-free", action="store_true",
+                        help="also score template-free test rows (at most --limit) as that subset")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench/results/symmetry_proposer.json")
     args = parser.parse_args()
@@ -116,7 +118,11 @@ def main() -> None:
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
     model = SymmetryProposer.load(args.weights)
-    prior = {int(g): p for g, p in model.meta["group_prior"].items()}
+    from xtalforge.data.symmetric import symmetrize
+    from xtalforge.training.train import TrainConfig, load_training_data
+
+    pooled, _ = load_training_data(TrainConfig(data=model.meta["data"], max_atoms=model.meta.get("max_atoms", 52)))
+    pooled_sym = symmetrize(pooled)  # cached by training
     results, table = {}, ["| data | answers | entries | group top-1 | top-5 | top-20 | assignment top-1 | top-5 | "
                           "top-20 | ROUGE-1 | ROUGE-2 | ROUGE-L | s/entry |", "|---" * 13 + "|"]
     for data in args.data.split(","):
@@ -124,7 +130,19 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         idx = np.sort(rng.choice(len(test), min(args.limit, len(test)), replace=False))
         templates = get_method("template", library=benchmark_library(data, pooled=True, aflow=True))
+        from xtalforge.data import training_set
+        from xtalforge.evaluation.csp import template_free_mask
+
+        free_mask = template_free_mask(test, training_set(data, pooled=True, aflow=True))
+        own = set(load_split(data, "val").ids)
+        groups, counts_ = np.unique([g for g, i in zip(pooled_sym.spacegroup, pooled_sym.ids) if i in own],
+                                    return_counts=True)
+        prior = {int(g): float(c / counts_.sum()) for g, c in zip(groups, counts_)}
         rows, seconds = [], Counter()
+        sampled = set(idx.tolist())
+        if args.all_template_free:  # template-free test rows (all, or --limit random ones) join that subset
+            free = np.flatnonzero(free_mask)
+            idx = np.union1d(idx, rng.choice(free, min(len(free), args.limit), replace=False)).astype(int)
         for i in tqdm(idx, desc=data, mininterval=10):
             try:
                 sym = from_structure(test[int(i)])
@@ -133,7 +151,8 @@ def main() -> None:
             truth = (sym.spacegroup, tuple((o.number, o.index) for o in sym.orbits))
             counts = Counter(int(z) for z in test[int(i)].numbers)
             zs = divisors(counts)
-            row = {"index": int(i), "truth": [truth[0], list(truth[1])]}
+            row = {"index": int(i), "truth": [truth[0], list(truth[1])], "template_free": bool(free_mask[int(i)]),
+                   "sampled": int(i) in sampled}
             t = time.perf_counter()
             found = propose(model, dict(counts), k=max(KS), z=zs)
             seconds["proposer"] += time.perf_counter() - t
@@ -144,6 +163,8 @@ def main() -> None:
             t = time.perf_counter()
             lists["library"] = library_answers(templates, [int(z) for z in test[int(i)].numbers], max(KS))
             seconds["library"] += time.perf_counter() - t
+            lists["library+proposer"] = (lists["library"] + [a for a in lists["proposer"] if a not in
+                                                            lists["library"]])[: max(KS)]
             true_text = Proposal(truth[0], truth[1], 0, 0.0).text()
             for name, answers in lists.items():
                 g, a = ranks(answers, truth)
@@ -151,13 +172,20 @@ def main() -> None:
                 scores = scorer.score(true_text, top)
                 row[name] = {"group": g, "assignment": a, **{m: scores[m].fmeasure for m in scores}}
             rows.append(row)
-        results[data] = {"entries": len(rows), "rows_drawn": len(idx), "rows": rows,
+        seconds["library+proposer"] = seconds["library"] + seconds["proposer"]
+        results[data] = {"entries": sum(r["sampled"] for r in rows), "rows_drawn": len(sampled), "rows": rows,
+                         "frequency_prior": prior,
                          "seconds_per_entry": {k: v / max(1, len(rows)) for k, v in seconds.items()}}
-        for name in ("proposer", "frequency", "library"):
-            s = summarise(rows, name)
-            rouge = {m: 100.0 * np.mean([row[name][m] for row in rows]) for m in ("rouge1", "rouge2", "rougeL")}
-            results[data][name] = {**s, "rouge": rouge}
-            table.append(f"| {data} | {name} | {len(rows)} | " + " | ".join(
+        for (subset, sel), name in itertools.product(
+                (("", [r for r in rows if r["sampled"]]),
+                 (" template-free", [r for r in rows if r["template_free"]])),
+                ("proposer", "frequency", "library", "library+proposer")):
+            if not sel:
+                continue
+            s = summarise(sel, name)
+            rouge = {m: 100.0 * np.mean([row[name][m] for row in sel]) for m in ("rouge1", "rouge2", "rougeL")}
+            results[data][name + subset.replace(" ", "_")] = {**s, "rouge": rouge, "entries": len(sel)}
+            table.append(f"| {data}{subset} | {name} | {len(sel)} | " + " | ".join(
                 f"{s['group'][f'top{k}']:.1f}" for k in KS) + " | " + " | ".join(
                 f"{s['assignment'][f'top{k}']:.1f}" for k in KS) + " | " + " | ".join(
                 f"{rouge[m]:.1f}" for m in ("rouge1", "rouge2", "rougeL")) +

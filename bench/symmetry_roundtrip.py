@@ -34,7 +34,8 @@ def main() -> None:
     sym = symmetrize(data, symprec=args.symprec, workers=args.workers)
     skipped = dict(sym.skipped or {})
     rate = 100.0 * len(sym) / len(data)
-    table = ("| data | structures | rebuilt | rate (%) | left out (reason: count) | symprec (A) |\n|---|---|---|---|---|---|\n"
+    table = ("| data | structures | rebuilt | rate (%) | left out (reason: count) | symprec (A) |\n"
+             "|---|---|---|---|---|---|\n"
              f"| {args.data} | {len(data)} | {len(sym)} | {rate:.2f} | {skipped} | {args.symprec} |")
     print(table)
     write_json(Path(args.out), {"benchmark": "symmetry_roundtrip", "settings": vars(args), "structures": len(data),

@@ -4,6 +4,7 @@ heads and CHGNet are the shipped ones."""
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,11 +52,37 @@ def test_design_ranks_generated_structures_by_target_and_energy(one_thread):
     assert 1 <= len(found) <= 4
     scores = [d.score for d in found]
     assert scores == sorted(scores)
+    allowed = [(c["Na"], c["Cl"]) for c in compositions(["Na", "Cl"])]
     for d in found:
         counts = Counter(d.crystal.numbers.tolist())
-        assert counts[11] == counts[17] and set(counts) == {11, 17} and d.crystal.num_atoms <= 8
+        g = np.gcd(counts[11], counts[17])
+        assert (counts[11] // g, counts[17] // g) in allowed and d.crystal.num_atoms <= 8
         assert set(d.predicted) == {"band_gap", "formation_energy"} and d.above_lowest >= 0
         miss = abs(d.predicted["band_gap"] - 4.0) / WINDOW["band_gap"]
         assert d.score == pytest.approx(miss + d.above_lowest / 0.1)
     rate = hit_rate(found, targets)["band_gap"]
     assert 0.0 <= rate <= 100.0
+
+
+def test_design_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from xtalforge.cli import main
+
+    for args, message in ((["--elements", "Mg,O"], "at least one target"),
+                          (["--elements", "F,Ne", "--band-gap", "1"], "no charge-balanced"),
+                          (["--elements", "Mg,Qq", "--band-gap", "1"], "unknown element"),
+                          (["--elements", "Mg,O", "--band-gap", "-2"], "negative")):
+        out = tmp_path / "d"
+        assert main(["design", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not out.exists()
+
+
+def test_screening_puts_compositions_near_the_target_first(one_thread):
+    from xtalforge.design import screen_compositions
+
+    comps = compositions(["Li", "Fe", "P", "O"])
+    screened = screen_compositions(comps, {"band_gap": 3.5}, limit=24)
+    assert sorted(map(str, screened[:24])) == sorted(map(str, comps[:24])) and screened[24:] == comps[24:]
+    assert {"Li": 1, "Fe": 1, "P": 1, "O": 4} in screened[:3]  # LiFePO4: an insulator of ~3.7 eV
+    assert screen_compositions(comps, {"band_gap": 0.0}, limit=24)[:3] != screened[:3]  # the target steers it

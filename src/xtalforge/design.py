@@ -6,9 +6,11 @@ symmetry -> property-conditioned Wyckoff flow samples -> ranked by closeness to 
     found[0].crystal, found[0].predicted, found[0].energy_per_atom
 
 Compositions: every reduced formula of the elements (each present) with at most ``formula_atoms`` atoms per formula
-unit that SMACT finds charge-balanced (``evaluation.denovo.smact_validity``), fewest atoms first. Structures: for each
-of the first ``compositions`` of them, the symmetry method (proposer -> Wyckoff flow, both conditioned on the
-targets) draws ``samples`` cells of at most ``max_atoms`` atoms. Every sample's properties are predicted by the
+unit that SMACT finds charge-balanced (``evaluation.denovo.smact_validity``), fewest atoms first; with targets, the
+first ``SCREENED`` of them are screened (:func:`screen_compositions`: the DAO-P prediction for the template method's
+first structure of each) and the closest to the targets kept. Structures: for each of ``compositions`` of them, the
+symmetry method (proposer -> Wyckoff flow, both conditioned on the targets) draws ``samples`` cells of at most
+``max_atoms`` atoms. Every sample's properties are predicted by the
 shipped DAO-P heads and its CHGNet static energy computed; the score is the sum over targets of
 ``|predicted - target| / WINDOW`` plus ``(E - E_min) / 0.1 eV``, E_min the lowest energy found for its composition.
 """
@@ -32,7 +34,9 @@ log = logging.getLogger(__name__)
 PROPERTIES = {"band_gap": ("band_gap", "eV"), "formation_energy": ("formation_energy", "eV/atom")}
 #: a structure whose predicted property is within this of the target is a hit (band gap eV, formation eV/atom)
 WINDOW = {"band_gap": 0.5, "formation_energy": 0.25}
-STABILITY_SCALE = 0.1  # eV/atom of energy above the composition's lowest that costs as much as one window
+STABILITY_SCALE = 0.1
+#: compositions (fewest atoms first) whose template structure is scored before the closest are sampled
+SCREENED = 24  # eV/atom of energy above the composition's lowest that costs as much as one window
 
 
 @dataclass
@@ -133,7 +137,8 @@ def sample_structures(elements: Sequence[str], targets: dict[str, float], spaceg
     warn about when outside the training range."""
     if samples < 1 or compositions_tried < 1:
         raise XtalforgeError("samples and compositions must be at least 1")
-    comps = compositions(elements, formula_atoms)[:compositions_tried]
+    comps = compositions(elements, formula_atoms)
+    comps = screen_compositions(comps, targets)[:compositions_tried] if targets else comps[:compositions_tried]
     if method is None:
         from xtalforge.methods import get_method
 
@@ -155,6 +160,33 @@ def sample_structures(elements: Sequence[str], targets: dict[str, float], spaceg
         raise XtalforgeError(f"no structure of {', '.join(elements)} could be generated"
                              + (f" in space group {spacegroup}" if spacegroup else "") + f" within {max_atoms} atoms")
     return crystals
+
+
+def screen_compositions(comps: list[dict[str, int]], targets: dict[str, float], limit: int = SCREENED
+                        ) -> list[dict[str, int]]:
+    """The first ``limit`` compositions, closest to the targets first by the DAO-P prediction for the template
+    method's first structure of each (one without any template structure goes last), then the rest in order."""
+    from xtalforge.methods import get_method
+    from xtalforge.properties import load_property_model
+
+    templates = get_method("template")
+    head, crystals, where = comps[:limit], [], []
+    for i, comp in enumerate(head):
+        try:
+            found = templates.predict_target(Target(comp, exact=False), 1)
+        except XtalforgeError:
+            found = []
+        if found:
+            crystals.append(found[0])
+            where.append(i)
+    miss = np.full(len(head), np.inf)
+    if crystals:
+        total = np.zeros(len(crystals))
+        for p, v in targets.items():
+            total += np.abs(load_property_model(PROPERTIES[p][0]).predict(crystals) - v) / WINDOW[p]
+        miss[where] = total
+    order = np.argsort(miss, kind="stable")
+    return [head[i] for i in order] + comps[limit:]
 
 
 def rank_designs(crystals: list[Crystal], targets: dict[str, float]) -> list[Design]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from xtalforge.composition import Target
 from xtalforge.crystal import Crystal
-from xtalforge.errors import AtomLimitError
+from xtalforge.errors import AtomLimitError, XtalforgeError
 from xtalforge.methods import CSPMethod, get_method, register
 from xtalforge.ranking import GENERATOR_POOL, consensus_leaders
 
@@ -175,7 +175,7 @@ class TemplatesThenGenerator(CSPMethod):
 def _make_auto(library=None, weights: str | None = None, steps: int | None = None, sampler: str | None = None,
                device: str = "cpu", step_lr: float | None = None, guidance: float = 0.0,
                redecorate_candidates: int = 1000, redecorate_short_lists: bool = True,
-               generator_pool: int | None = None) -> TemplatesThenGenerator:
+               generator_pool: int | None = None, generator: str = "dao-g") -> TemplatesThenGenerator:
     """``get_method("auto", library=..., weights=..., steps=None, sampler=None, device="cpu", guidance=0.0,
     redecorate_candidates=1000, redecorate_short_lists=True, generator_pool=GENERATOR_POOL)``.
 
@@ -185,17 +185,23 @@ def _make_auto(library=None, weights: str | None = None, steps: int | None = Non
     templates from the same library, at most ``redecorate_candidates`` of them evaluated by CHGNet (0: none). The
     generated slots take the most agreed-on distinct structures of a pool of ``generator_pool`` samples that no
     other candidate of the list matches (:func:`~xtalforge.ranking.consensus_leaders`; 1: the first samples by their
-    own score).
+    own score). ``generator="symmetry"``: the symmetry method (library + proposer symmetry, Wyckoff flow; cells up
+    to 52 atoms) instead of DAO-G.
     """
+    if generator not in ("dao-g", "symmetry"):
+        raise XtalforgeError(f"unknown generator '{generator}' for auto (choose dao-g or symmetry)")
     templates = get_method("template", library=library)
     redecorator = None
     if redecorate_candidates > 0:
         redecorator = get_method("redecorate", library=templates.library, max_candidates=redecorate_candidates)
 
-    def generator() -> CSPMethod:
+    def make_generator() -> CSPMethod:
+        if generator == "symmetry":
+            return get_method("symmetry", library=templates.library, steps=steps, device=device,
+                              **({"weights": weights} if weights else {}))
         return get_method("dao-g", weights=weights, steps=steps, sampler=sampler, device=device, step_lr=step_lr,
                           guidance=guidance, large_cells=False)
 
-    return TemplatesThenGenerator(templates, generator, redecorator=redecorator,
+    return TemplatesThenGenerator(templates, make_generator, generator_name=generator, redecorator=redecorator,
                                   redecorate_short_lists=redecorate_short_lists,
                                   generator_pool=GENERATOR_POOL if generator_pool is None else generator_pool)

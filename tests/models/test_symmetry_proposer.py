@@ -106,5 +106,11 @@ def test_the_symmetry_method_samples_the_proposed_groups(one_thread):
     cands = method.predict_target(Target.parse("NaCl"), 4)
     assert len(cands) == 4 and all(Counter(c.numbers.tolist())[11] == Counter(c.numbers.tolist())[17]
                                    for c in cands)
+    # auto's generator interface: one sample per cell, repeats spread over the requests
+    cells = [[11, 17]] * 3 + [[12, 8, 8]]
+    one_each = method.sample_cells(cells, seed=1)
+    assert len(one_each) == 4 and all(c is not None for c in one_each)
+    assert [sorted(c.numbers.tolist()) for c in one_each[:3]] == [[11, 17]] * 3
+    assert Counter(one_each[3].numbers.tolist()) == Counter({8: 2, 12: 1})
     with pytest.raises(XtalforgeError, match="unknown symmetry source"):
         SymmetryMethod(flow, source="oracle")

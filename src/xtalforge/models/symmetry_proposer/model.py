@@ -50,7 +50,9 @@ class ProposerBatch:
     """Padded tensors of a batch of :class:`Sequences` rows (see there for the fields)."""
 
     def __init__(self, seq: Sequences, idx: np.ndarray) -> None:
-        t = lambda a: torch.as_tensor(np.asarray(a)[idx])  # noqa: E731
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a)[idx])
+
         self.elements, self.counts = t(seq.elements), t(seq.counts)
         self.z, self.spacegroup = t(seq.z), t(seq.spacegroup)
         self.letters, self.query_element, self.query_remaining = t(seq.letters), t(seq.query_element), t(
@@ -103,7 +105,6 @@ class SymmetryProposer(nn.Module):
     def _embed(self, b: ProposerBatch, keep_properties: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(x (B, L, H), padding mask (B, L), index of the BOS position (B,))."""
         bsz, e_max = b.elements.shape
-        t_max = b.letters.shape[1]
         dev = b.elements.device
         kind = self.kind.weight
         el = self.element(b.elements) + self.count(b.counts) + kind[0]
@@ -112,9 +113,8 @@ class SymmetryProposer(nn.Module):
             null = torch.tensor([NULL_BIN[p] for p in PROPERTIES], device=dev)
             bins = torch.where(keep_properties, bins, null)
         props = torch.stack([emb(bins[:, j]) for j, emb in enumerate(self.prop)], dim=1) + kind[1]
-        n_el = (b.elements > 0).sum(1)
         first_el, first_rem = b.elements[:, 0], b.query_remaining[:, 0]
-        bos = (kind[2] + torch.zeros(bsz, 1, kind.shape[1], device=dev))
+        bos = kind[2] + torch.zeros(bsz, 1, kind.shape[1], device=dev)
         ztok = self.z_token(b.z)[:, None] + kind[3]
         gtok = self.group(b.spacegroup)[:, None] + kind[4]
         # the space group position asks for the first orbit: first element, all of its atoms
@@ -133,7 +133,6 @@ class SymmetryProposer(nn.Module):
         x = x + self.position.weight[:length]
         pad = torch.cat([b.elements == 0, torch.zeros(bsz, len(PROPERTIES) + 3, dtype=torch.bool, device=dev),
                          b.letters < 0], dim=1)
-        del n_el, t_max
         return x, pad, e_max + len(PROPERTIES)
 
     def forward(self, b: ProposerBatch, keep_properties: torch.Tensor | None = None

@@ -30,6 +30,7 @@ from xtalforge.data.symmetric import PROPERTIES, collate_symmetric
 from xtalforge.errors import AtomLimitError, StructureError, XtalforgeError
 from xtalforge.methods import CSPMethod, register
 from xtalforge.models.symmetry_proposer.model import DEFAULT_WEIGHTS as PROPOSER_WEIGHTS
+from xtalforge.models.symmetry_proposer.tokens import reduced
 from xtalforge.models.wyckoff_flow.model import DEFAULT_WEIGHTS, WyckoffFlow
 from xtalforge.models.wyckoff_flow.sampler import sample_wyckoff_flow
 from xtalforge.symmetry.wyckoff import (
@@ -49,8 +50,9 @@ log = logging.getLogger(__name__)
 SAMPLER_DEFAULTS = {"steps": 50, "anti_anneal": 0.0, "guidance_scale": 1.0}
 #: Where the symmetry of a target without a given group comes from (see the module docstring).
 SOURCES = ("proposer", "library", "both")
-#: Rounds of fresh draws for samples with two atoms closer than 0.5 A (the group and composition always hold).
-RESAMPLE_ROUNDS = 2
+#: Rounds of fresh draws for samples with two atoms closer than 0.5 A (the group and composition always hold, but
+#: coincident atoms are no structure); a sample still implausible after them is dropped (None).
+RESAMPLE_ROUNDS = 4
 
 Request = tuple[int, tuple[tuple[int, int], ...]]  # (space group, ((atomic number, Wyckoff index), ...))
 
@@ -141,7 +143,7 @@ class SymmetryMethod(CSPMethod):
                 return [(self.spacegroup, tuple(self.wyckoff))]
             found = assignments(self.spacegroup, dict(counts), limit=self.max_requests)
             return [(self.spacegroup, tuple(a)) for a in found]
-        return self._unknown_symmetry(counts, _divisors(counts), library_cells=1)
+        return self._unknown_symmetry(counts, divisors(counts), library_cells=1)
 
     def _unknown_symmetry(self, counts: Counter, zs: list[int], library_cells: int | None = None) -> list[Request]:
         """Requests for a composition without a given group. ``zs``: formula units per primitive cell the proposer
@@ -182,9 +184,10 @@ class SymmetryMethod(CSPMethod):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, requests: Sequence[Request], seed: int = 0, properties: np.ndarray | None = None
-               ) -> list[Crystal]:
-        """One primitive-cell sample per request, in order; each carries ``spacegroup`` and ``wyckoff``.
-        ``properties`` (len(requests), P): per-request targets (NaN = none; default: the method's own)."""
+               ) -> list[Crystal | None]:
+        """One primitive-cell sample per request, in order; each carries ``spacegroup`` and ``wyckoff``; None where
+        every round gave atoms closer than 0.5 A. ``properties`` (len(requests), P): per-request targets (NaN =
+        none; default: the method's own)."""
         if properties is None:
             properties = np.tile(self.targets, (len(requests), 1))
         sizes = np.array([sum(check_assignment(g, orbits).values()) for g, orbits in requests])
@@ -204,6 +207,8 @@ class SymmetryMethod(CSPMethod):
             todo = [r for r in todo if not plausible(out[r])]
             if not todo:
                 break
+        for r in todo:
+            out[r] = None
         return out
 
     def _sample_rows(self, requests: Sequence[Request], properties: np.ndarray, gen: torch.Generator
@@ -222,6 +227,26 @@ class SymmetryMethod(CSPMethod):
         """``n`` samples per target (a cell's atomic numbers, or a structure whose own symmetry is used)."""
         props = [self._properties_of(t) for t in targets]
         return self._spread([self.requests(t) for t in targets], n, seed, props)
+
+    def sample_cells(self, cells: Sequence[Sequence[int]], seed: int = 0) -> list[Crystal | None]:
+        """One sample per cell (the interface ``auto`` uses for its generator): repeats of a cell go round-robin
+        over its requests; a cell without any symmetry to try gets None."""
+        occurrences: dict[tuple[int, ...], list[int]] = {}
+        for i, cell in enumerate(cells):
+            occurrences.setdefault(tuple(int(z) for z in cell), []).append(i)
+        flat, where = [], []
+        for cell, rows in occurrences.items():
+            try:
+                reqs = self.requests(list(cell))
+            except XtalforgeError:
+                reqs = []
+            for j, row in enumerate(rows if reqs else []):
+                flat.append(reqs[j % len(reqs)])
+                where.append(row)
+        out: list[Crystal | None] = [None] * len(cells)
+        for row, crystal in zip(where, self.sample(flat, seed) if flat else []):
+            out[row] = crystal
+        return out
 
     def _properties_of(self, target: Sequence[int] | Crystal) -> np.ndarray:
         if isinstance(target, Crystal) and self.structure_properties:
@@ -251,7 +276,8 @@ class SymmetryMethod(CSPMethod):
 
     def _spread(self, per_target: list[list[Request]], n: int, seed: int,
                 properties: list[np.ndarray] | None = None) -> list[list[Crystal]]:
-        """``n`` samples per target, round-robin over its requests, all targets sampled in shared batches."""
+        """Up to ``n`` samples per target (implausible ones dropped), round-robin over its requests, all targets
+        sampled in shared batches."""
         flat: list[Request] = []
         owner: list[int] = []
         for i, reqs in enumerate(per_target):
@@ -261,7 +287,8 @@ class SymmetryMethod(CSPMethod):
         props = np.array([(self.targets if properties is None else properties[i]) for i in owner])
         out: list[list[Crystal]] = [[] for _ in per_target]
         for i, crystal in zip(owner, self.sample(flat, seed, props) if flat else []):
-            out[i].append(crystal)
+            if crystal is not None:
+                out[i].append(crystal)
         return out
 
 
@@ -282,13 +309,13 @@ def _property_vector(properties: dict[str, float]) -> np.ndarray:
 
 def _unit(counts: Counter) -> Counter:
     """The formula unit: counts divided by their greatest common divisor."""
-    g = np.gcd.reduce(list(counts.values()))
-    return Counter({z: c // g for z, c in counts.items()})
+    elements, reduced_counts, _ = reduced(counts)
+    return Counter(dict(zip(elements, reduced_counts)))
 
 
-def _divisors(counts: Counter) -> list[int]:
+def divisors(counts: Counter) -> list[int]:
     """Formula units per primitive cell a cell of these counts may reduce to (it may be a centred supercell)."""
-    g = int(np.gcd.reduce(list(counts.values())))
+    g = reduced(counts)[2]
     return [z for z in range(1, g + 1) if g % z == 0]
 
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import platform
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.symmetry import from_structure
 
 
-@lru_cache(maxsize=None)
+@cache
 def subgroup_types(group: int) -> frozenset[int]:
     """Every space-group type that is a subgroup of ``group`` (itself included)."""
     from pyxtal.symmetry import Group

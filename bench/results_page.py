@@ -284,7 +284,26 @@ def symmetry(prefix: str) -> str:
             raise SystemExit(f"results_page: required result file missing: {path}")
         doc = json.loads(path.read_text())
         parts += [f"### {title}", "", doc["table"], "", f"{note}. From {link(name, prefix)}.", ""]
-    return "\n".join(parts)
+    return "\n".join(parts + [auto_generators(prefix)])
+
+
+def auto_generators(prefix: str) -> str:
+    """`auto` with its generated slots filled by DAO-G (shipped) or by the symmetry method, same test rows."""
+    rows = []
+    for name, label in (("auto_eval_mpts_52_n150_s1.json", "DAO-G (shipped default)"),
+                        ("auto_symmetry_mpts_52_n150_s1.json", "symmetry (proposer + library, Wyckoff flow)")):
+        d = load(name)
+        res = d["results"]
+        tf = res["template_free"]["metrics"]
+        rows.append([label, res["metrics"]["1"]["entries"],
+                     f"{pct(res['metrics']['1']['match_rate'])} / {pct(res['metrics']['20']['match_rate'])}",
+                     tf["1"]["entries"], f"{pct(tf['1']['match_rate'])} / {pct(tf['20']['match_rate'])}",
+                     link(name, prefix)])
+    return "\n".join(["### `auto` with the symmetry generator in its generated slots (MPTS-52, seed 1)", "",
+                      table(["generated slots", "entries", "k=1 / k=20", "template-free entries",
+                             "template-free k=1 / k=20", "from"], rows), "",
+                      "Match: " + MATCHER + ". Same 150 random test rows; templates fill the other slots in both.",
+                      ""])
 
 
 def model_cards() -> str:

@@ -27,6 +27,9 @@ from xtalforge.ranking import GENERATOR_POOL
         (["predict", "NaCl", "--method", "dao-g", "--weights", "no_such"], "no DAO-G weights 'no_such'"),
         (["property", "missing.cif", "--property", "tc"], "neither a structure file nor a composition"),
         (["property", "NaCl", "--property", "colour"], "unknown property"),
+        (["generate", "--data", "no_such_set"], "unknown benchmark 'no_such_set'"),
+        (["generate", "--data", "perov_5", "--weights", "no_such"], "no CDVAE weights 'no_such'"),
+        (["evaluate-generation", "no_folder", "--reference", "perov_5"], "holds no finished generation run"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
@@ -37,7 +40,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
     assert not list(tmp_path.iterdir()), "no output may be left behind after an error"
 
 
-@pytest.mark.parametrize("argv", [["predict", "NaCl", "--steps", "0"], ["evaluate", "--data", "perov_5", "--limit",
+@pytest.mark.parametrize("argv", [["generate", "--n", "0"],
+                                  ["predict", "NaCl", "--steps", "0"], ["evaluate", "--data", "perov_5", "--limit",
                                   "-5"], ["relax", "x.cif", "--steps", "ten"], ["predict", "NaCl", "--threads", "0"],
                                   ["predict", "NaCl", "--device", "gpu"],
                                   ["predict", "NaCl", "--n", "0"]])

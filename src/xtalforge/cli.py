@@ -1,4 +1,5 @@
-"""The ``xtalforge`` command line: predict, evaluate, relax, train, datasets.
+"""The ``xtalforge`` command line: predict, design, evaluate, generate, evaluate-generation, relax, property, train,
+datasets.
 
 Every user error becomes one line on stderr naming the problem and exit code 2; no traceback.
 """
@@ -187,6 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p)
     _add_device(p)
 
+    p = sub.add_parser("generate", help="new crystals from scratch (no composition given) with CDVAE",
+                       description="De novo crystals from the generative model trained on a benchmark: "
+                       "structures/*.cif, generated.csv (formula, atoms, space group, density, validity, DAO-P "
+                       "formation energy) and run.json in --out. Resumable in batches: rerun with the same options.")
+    p.add_argument("--model", default="cdvae", choices=["cdvae"], help="generative model (default cdvae)")
+    p.add_argument("--data", default="mp_20_biternary", help="benchmark whose shipped weights to use")
+    p.add_argument("--n", type=positive_int, default=100, help="number of structures (default 100)")
+    p.add_argument("--sampler", default=None, choices=["fast", "faithful"],
+                   help="fast (default: 1 Langevin step per noise level) or faithful (the paper's 100 per level)")
+    p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax each structure with CHGNet")
+    p.add_argument("--weights", default=None, metavar="NAME|PATH", help="CDVAE weights (default: those of --data)")
+    p.add_argument("--batch", type=positive_int, default=250, help="structures per resumable batch (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default=None, help="output folder (default ./xtalforge_generate_<data>)")
+    _add_device(p)
+
+    p = sub.add_parser("evaluate-generation", help="de novo metrics of a generate run against a benchmark",
+                       description="Validity, COV-R / COV-P, Wasserstein distances (density, elements, formation "
+                       "energy), uniqueness, novelty and the share above P1 of a finished `generate` folder; "
+                       "writes metrics.json there.")
+    p.add_argument("folder", help="the --out folder of `xtalforge generate`")
+    p.add_argument("--reference", required=True, help="benchmark: test split for the metrics, its training split "
+                   "for novelty")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes for the fingerprints (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 1,000 valid samples behind the distances")
+    p.add_argument("--stability", action="store_true",
+                   help="also the CHGNet stability proxy (within 0.1 eV/atom of the lowest found per formula)")
+
     p = sub.add_parser("relax", help="relax a structure with CHGNet", description="Relax atoms and cell with "
                        "CHGNet (FIRE); writes the relaxed CIF and the energy of every step.")
     p.add_argument("file", help="CIF, POSCAR or extxyz file")
@@ -205,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="auto", help="CSP method for compositions (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed of that method (default 0)")
 
-    p = sub.add_parser("train", help="train DAO-G / DAO-P / the Wyckoff flow / the symmetry proposer",
+    p = sub.add_parser("train", help="train DAO-G / DAO-P / the Wyckoff flow / the symmetry proposer / CDVAE",
                        description="Train a model; every option after the model name goes to its training script.")
-    p.add_argument("model", choices=["dao-g", "wyckoff-flow", "symmetry-proposer"],
-                   help="dao-g (its --model dao-g-flow / dao-p selects the variant), wyckoff-flow or symmetry-proposer")
+    p.add_argument("model", choices=["dao-g", "wyckoff-flow", "symmetry-proposer", "cdvae"],
+                   help="dao-g (its --model dao-g-flow / dao-p selects the variant), wyckoff-flow, symmetry-proposer "
+                   "or cdvae")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the training script (--help lists them)")
 
     sub.add_parser("datasets", help="list the benchmark data sets and the protocol")
@@ -223,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return {"predict": cmd_predict, "design": cmd_design, "evaluate": cmd_evaluate, "relax": cmd_relax,
+                "generate": cmd_generate, "evaluate-generation": cmd_evaluate_generation,
                 "property": cmd_property,
                 "train": cmd_train,
                 "datasets": cmd_datasets}[args.command](args)
@@ -360,6 +391,45 @@ def cmd_design(args) -> int:
     print(format_designs(found, targets))
     print(f"\n{len(found)} structures written to {out}/ in {time.perf_counter() - t0:.1f} s "
           "(* = predicted property within the hit window of its target)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from xtalforge.generation import generate_to_folder
+
+    t0 = time.perf_counter()
+    out = Path(args.out or f"xtalforge_generate_{args.data}")
+    with tqdm(total=args.n, desc="generate", unit="structure", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        table = generate_to_folder(out, model=args.model, data=args.data, n=args.n, seed=args.seed,
+                                   sampler=args.sampler, weights=args.weights, relax=args.relax, device=args.device,
+                                   batch_size=args.batch, progress=progress)
+    import pandas as pd
+
+    frame = pd.read_csv(table)
+    print(f"{len(frame)} structures in {out}/ ({time.perf_counter() - t0:.1f} s): "
+          f"{100 * frame['struct_valid'].mean():.1f}% structurally valid, {100 * frame['smact_valid'].mean():.1f}% "
+          f"SMACT-valid, {100 * (frame['spacegroup'].fillna(1) > 1).mean():.1f}% above P1; table: {table}")
+    return 0
+
+
+def cmd_evaluate_generation(args) -> int:
+    from xtalforge.generation import evaluate_generation
+
+    m = evaluate_generation(args.folder, args.reference, workers=args.workers, seed=args.seed,
+                            stability=args.stability)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    print("| metric | value |\n|---|---|")
+    for key in ("n_generated", "struct_valid", "comp_valid", "valid", "cov_recall", "cov_precision",
+                "wdist_density", "wdist_num_elems", "wdist_formation_energy", "unique", "novel", "unique_and_novel",
+                "above_p1", "reference_above_p1", "stable", "sun_proxy"):
+        if key in m:
+            print(f"| {key} | {fmt(m[key]) if key != 'n_generated' else m[key]} |")
+    print(f"\nwritten to {Path(args.folder) / 'metrics.json'}")
     return 0
 
 

@@ -423,3 +423,18 @@ def test_evaluate_denovo_small(crystals):
 def test_to_structure_roundtrip(crystals):
     s = to_structure(crystals[1].lattice, crystals[1].frac_coords, crystals[1].numbers)
     assert s.composition.reduced_formula == "SrTiO3"
+
+
+def test_cached_fingerprints_are_the_fingerprints(crystals, tmp_path, monkeypatch):
+    from xtalforge.data.dataset import CrystalDataset
+    from xtalforge.evaluation.denovo import cached_fingerprints, fingerprints
+
+    monkeypatch.setenv("XTALFORGE_CACHE", str(tmp_path))
+    data = CrystalDataset.from_crystals(list(crystals)[:3])
+    first = cached_fingerprints(data)
+    assert len(list(tmp_path.glob("fingerprints_*.npz"))) == 1
+    again = cached_fingerprints(data)  # read back from the file
+    for (s1, _), (s2, c2), (s3, c3) in zip(first, again, fingerprints(list(data))):
+        np.testing.assert_allclose(s1, s3)
+        np.testing.assert_allclose(s2, s3)
+        np.testing.assert_allclose(c2, c3)

@@ -15,6 +15,7 @@ The fingerprints are in :mod:`xtalforge.evaluation.fingerprints`; its docstring 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -119,6 +120,7 @@ def evaluate_denovo(
     n_property_samples: int = 1000,
     seed: int = 0,
     workers: int = 1,
+    reference_fps: list[tuple[np.ndarray | None, np.ndarray]] | None = None,
 ) -> dict:
     """Validity, coverage and property-distribution distances of generated crystals against a reference set.
 
@@ -129,6 +131,7 @@ def evaluate_denovo(
         n_property_samples: valid generated crystals drawn (seeded) for the Wasserstein distances (CDVAE: 1,000);
             all valid ones are used if there are fewer, and the number used is reported.
         workers: processes for the fingerprints (CrystalNN costs tens of ms per site).
+        reference_fps: the reference's :func:`fingerprints`, if already computed (see :func:`cached_fingerprints`).
 
     Returns percentages for validity and coverage, Wasserstein distances (density in g/cm^3, element counts), and
     the counts behind them.
@@ -138,7 +141,7 @@ def evaluate_denovo(
     comp_valid = np.array([smact_validity(c.numbers) for c in generated], dtype=bool)
     struct_valid = np.array([structure_validity(c) for c in generated], dtype=bool)
     gen_fps = fingerprints(generated, workers)
-    ref_fps = fingerprints(reference, workers)
+    ref_fps = fingerprints(reference, workers) if reference_fps is None else reference_fps
     has_fp = np.array([s is not None for s, _ in gen_fps], dtype=bool)
     valid = comp_valid & struct_valid & has_fp
 
@@ -180,3 +183,93 @@ def evaluate_denovo(
         "settings": {"struct_cutoff": struct_cutoff, "comp_cutoff": comp_cutoff, "distance_cutoff_A": 0.5,
                      "smact_oxidation_states": "smact14", "seed": seed},
     }
+
+
+def cached_fingerprints(data, workers: int = 1) -> list[tuple[np.ndarray | None, np.ndarray]]:
+    """:func:`fingerprints` of a CrystalDataset, cached on disk by its rows' hash (a test split costs minutes)."""
+    from xtalforge.data.dataset import cache_dir
+
+    path = cache_dir() / f"fingerprints_{data.rows_sha256()[:16]}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return [(s if ok else None, c) for s, ok, c in zip(z["struct"], z["ok"], z["comp"])]
+    fps = fingerprints(list(data), workers)
+    width = next((len(s) for s, _ in fps if s is not None), 1)
+    struct = np.array([s if s is not None else np.zeros(width) for s, _ in fps])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, struct=struct, ok=np.array([s is not None for s, _ in fps]), comp=np.array([c for _, c in fps]))
+    os.replace(tmp, path)
+    return fps
+
+
+#: CDVAE's coverage cut-offs (structure fingerprint, composition fingerprint) per benchmark.
+COV_CUTOFFS = {"mp_20_biternary": (0.4, 10.0), "mpts_52": (0.4, 10.0), "carbon_24": (0.2, 4.0),
+               "perov_5": (0.2, 4.0)}
+
+
+def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal]) -> dict:
+    """Share (percent) of generated crystals that are unique (the first of each group of samples StructureMatcher
+    calls the same) and novel (matching no training crystal), with pymatgen's default StructureMatcher tolerances
+    (ltol 0.2, stol 0.3, angle 5), comparing only crystals of the same reduced formula (others never match)."""
+    from collections import defaultdict
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    structs = [c.to_structure() for c in generated]
+    by_formula: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(structs):
+        by_formula[s.composition.reduced_formula].append(i)
+    train_by_formula: dict[str, list] = defaultdict(list)
+    for c in training:
+        s = c.to_structure()
+        if s.composition.reduced_formula in by_formula:
+            train_by_formula[s.composition.reduced_formula].append(s)
+    unique = np.zeros(len(structs), dtype=bool)
+    novel = np.ones(len(structs), dtype=bool)
+    for formula, idx in by_formula.items():
+        kept: list[int] = []
+        for i in idx:
+            if not any(matcher.fit(structs[i], structs[j]) for j in kept):
+                kept.append(i)
+                unique[i] = True
+            novel[i] = not any(matcher.fit(structs[i], t) for t in train_by_formula.get(formula, []))
+    n = max(1, len(structs))
+    return {"unique": 100.0 * unique.sum() / n, "novel": 100.0 * novel.sum() / n,
+            "unique_and_novel": 100.0 * (unique & novel).sum() / n, "unique_flags": unique, "novel_flags": novel}
+
+
+def share_above_p1(crystals: Sequence[Crystal], symprec: float = 0.1) -> float:
+    """Percent of crystals in which spglib (at ``symprec`` Angstrom) finds a space group above P1."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    above = 0
+    for c in crystals:
+        try:
+            above += SpacegroupAnalyzer(c.to_structure(), symprec=symprec).get_space_group_number() > 1
+        except Exception:  # spglib fails on degenerate cells: counted as P1
+            pass
+    return 100.0 * above / max(1, len(crystals))
+
+
+def stability_proxy(generated: Sequence[Crystal], training: Sequence[Crystal], threshold: float = 0.1,
+                    threads: int | None = None) -> dict:
+    """A S.U.N.-style stability proxy (not a convex hull): a sample counts as stable when its CHGNet static energy
+    per atom is within ``threshold`` eV/atom of the lowest CHGNet energy found for its reduced formula among the
+    training crystals and the samples. Returns the percentage and the per-sample flags (NaN energies are unstable)."""
+    from xtalforge.relax.chgnet import chgnet_energies
+
+    formulas = [c.to_structure().composition.reduced_formula for c in generated]
+    wanted = set(formulas)
+    same = [c for c in training if c.to_structure().composition.reduced_formula in wanted]
+    e_gen = chgnet_energies(list(generated), threads=threads, desc="CHGNet (samples)")
+    e_train = chgnet_energies(same, threads=threads, desc="CHGNet (training)") if same else np.array([])
+    lowest: dict[str, float] = {}
+    for f, e in zip([c.to_structure().composition.reduced_formula for c in same] + formulas,
+                    np.concatenate([e_train, e_gen])):
+        if np.isfinite(e):
+            lowest[f] = min(lowest.get(f, np.inf), float(e))
+    stable = np.array([np.isfinite(e) and e - lowest[f] <= threshold for f, e in zip(formulas, e_gen)], dtype=bool)
+    return {"stable": 100.0 * stable.sum() / max(1, len(stable)), "stable_flags": stable,
+            "training_crystals_compared": len(same), "threshold_ev_per_atom": threshold}

@@ -59,7 +59,8 @@ class TrainConfig:
             ``wyckoff-flow`` (flow matching of the free Wyckoff and lattice parameters, ``models/wyckoff_flow``;
             the training crystals are symmetrised first, ``data/symmetric.py``) or ``symmetry-proposer`` (the
             autoregressive space group + Wyckoff proposer, ``models/symmetry_proposer``; ``batch_atoms`` counts
-            tokens).
+            tokens) or ``cdvae`` (the VAE with a score decoder, ``models/cdvae``; its property head learns the
+            energy column).
         energy_column: DAO-P label column (eV/atom); empty = the benchmarks' ``energy_column``.
     """
 
@@ -158,12 +159,16 @@ def build_model(cfg: TrainConfig, data, meta: dict) -> torch.nn.Module:
         from xtalforge.models.wyckoff_flow import WyckoffFlow
 
         return WyckoffFlow.for_data(data.properties, cfg.model_config(), meta)
+    if cfg.model == "cdvae":
+        from xtalforge.models.cdvae import CDVAE
+
+        return CDVAE.for_data(data, cfg.model_config(), meta, energy_column(cfg))
     if cfg.model == "symmetry-proposer":
         from xtalforge.models.symmetry_proposer import ProposerConfig, SymmetryProposer
 
         return SymmetryProposer(ProposerConfig(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads), meta)
-    raise XtalforgeError(f"unknown model '{cfg.model}' (choose dao-g, dao-g-flow, dao-p, wyckoff-flow or "
-                         "symmetry-proposer)")
+    raise XtalforgeError(f"unknown model '{cfg.model}' (choose dao-g, dao-g-flow, dao-p, wyckoff-flow, "
+                         "symmetry-proposer or cdvae)")
 
 
 def initialise(model: torch.nn.Module, init_from: str, device: str) -> None:
@@ -371,9 +376,9 @@ FIELD_HELP = {
     "ema_decay": "decay of the EMA weights that are saved", "grad_clip": "gradient-norm clip",
     "seed": "random seed", "ckpt_minutes": "minutes between checkpoints", "log_every": "steps between log lines",
     "threads": "torch CPU threads per process", "device": "cpu or cuda",
-    "model": "dao-g (diffusion), dao-g-flow (flow matching), dao-p (+ energy head), wyckoff-flow (symmetry) or "
-             "symmetry-proposer",
-    "energy_column": "DAO-P label column in eV/atom (default: the benchmark's)",
+    "model": "dao-g (diffusion), dao-g-flow (flow matching), dao-p (+ energy head), wyckoff-flow (symmetry), "
+             "symmetry-proposer or cdvae (VAE + score decoder)",
+    "energy_column": "DAO-P / CDVAE property label column (default: the benchmark's)",
 }
 
 

@@ -1,0 +1,124 @@
+"""CDVAE benchmarks: reconstruction of test crystals and de novo generation metrics, per sampler.
+
+    python bench/cdvae.py recon --data perov_5 --limit 200 --samplers fast,faithful
+    python bench/cdvae.py denovo --data perov_5 --n 10000 --sampler fast
+
+Reconstruction: each test crystal (a random sample with ``--seed``) is encoded (posterior mean) and decoded; match =
+``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(...) is not None`` (the protocol), RMSE over the
+matched ones. De novo: ``xtalforge generate`` into ``runs/cdvae_bench/``, then ``xtalforge evaluate-generation``.
+CPU time is process time (user + system) on ``--threads``. Every run is merged into ``bench/results/cdvae.json``
+(keyed by task, data, sampler and size), which also holds the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import xtalforge
+from xtalforge.data import load_split
+from xtalforge.data.protocol import sample_indices
+from xtalforge.evaluation.matching import PairMatcher, composition_key
+from xtalforge.evaluation.report import package_versions, write_json
+from xtalforge.models.cdvae import CDVAE, reconstruct
+
+OUT = Path("bench/results/cdvae.json")
+PUBLISHED_RECON = {"perov_5": 97.52, "carbon_24": 55.22, "mp_20_biternary": 45.43}  # CDVAE, full MP-20
+
+
+def reconstruction(data: str, weights: str, limit: int, seed: int, sampler: str) -> dict:
+    model = CDVAE.load(weights)
+    test = load_split(data, "test")
+    rows = sample_indices(len(test), limit, seed)
+    targets = test.subset(rows)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    decoded = reconstruct(model, targets, sampler=sampler, seed=seed)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    matcher = PairMatcher()
+    rms = []
+    for cand, target in zip(decoded, targets):
+        r = None
+        if composition_key(cand.numbers) == composition_key(target.numbers):
+            r = matcher.rms(matcher.prepare(cand.to_structure()), matcher.prepare(target.to_structure()))
+        rms.append(None if r is None else float(r[0]))
+    matched = [r for r in rms if r is not None]
+    same_comp = sum(composition_key(c.numbers) == composition_key(t.numbers) for c, t in zip(decoded, targets))
+    return {"task": "recon", "data": data, "sampler": sampler, "size": len(rows), "weights": weights,
+            "match_rate": 100.0 * len(matched) / len(rows), "rmse": float(np.mean(matched)) if matched else None,
+            "composition_recovered": 100.0 * same_comp / len(rows),
+            "cpu_s_per_structure": cpu / len(rows), "wall_s": wall, "seed": seed}
+
+
+def denovo(data: str, weights: str, n: int, seed: int, sampler: str, workers: int) -> dict:
+    from xtalforge.generation import evaluate_generation, generate_to_folder
+
+    folder = Path("runs/cdvae_bench") / f"{data}_{sampler}_n{n}_s{seed}"
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    generate_to_folder(folder, data=data, weights=weights, n=n, seed=seed, sampler=sampler)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    t0 = time.perf_counter()
+    metrics = evaluate_generation(folder, data, workers=workers, seed=seed, stability=True)
+    return {"task": "denovo", "data": data, "sampler": sampler, "size": n, "weights": weights, "seed": seed,
+            "folder": str(folder), "cpu_s_per_structure_generation": cpu / n, "generation_wall_s": wall,
+            "metrics_wall_s": time.perf_counter() - t0, **{k: v for k, v in metrics.items() if k != "settings"},
+            "metric_settings": metrics["settings"]}
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| task | data | sampler | size | match % / valid % (struct, comp) | RMSE / COV-R, COV-P | "
+             "d_rho, d_E, d_elem | unique, novel, >P1 % | CPU-s per structure |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for r in runs:
+        if r["task"] == "recon":
+            lines.append(f"| reconstruction | {r['data']} | {r['sampler']} | {r['size']} | {f(r['match_rate'])} | "
+                         f"{f(r['rmse'], 4)} | | | {f(r['cpu_s_per_structure'], 3)} |")
+        else:
+            lines.append(f"| de novo | {r['data']} | {r['sampler']} | {r['size']} | {f(r['struct_valid'])}, "
+                         f"{f(r['comp_valid'])} | {f(r['cov_recall'])}, {f(r['cov_precision'])} | "
+                         f"{f(r['wdist_density'], 3)}, {f(r['wdist_formation_energy'], 3)}, "
+                         f"{f(r['wdist_num_elems'], 3)} | {f(r['unique'], 1)}, {f(r['novel'], 1)}, "
+                         f"{f(r['above_p1'], 1)} | {f(r['cpu_s_per_structure_generation'], 3)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", choices=["recon", "denovo"])
+    parser.add_argument("--data", default="perov_5")
+    parser.add_argument("--weights", default=None, help="default: the shipped weights of --data")
+    parser.add_argument("--limit", type=int, default=200, help="reconstruction: random test rows")
+    parser.add_argument("--n", type=int, default=1000, help="de novo: structures generated")
+    parser.add_argument("--samplers", default="fast")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    weights = args.weights or args.data
+    runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
+    for sampler in args.samplers.split(","):
+        if args.task == "recon":
+            run = reconstruction(args.data, weights, args.limit, args.seed, sampler)
+        else:
+            run = denovo(args.data, weights, args.n, args.seed, sampler, args.workers)
+        run["threads"] = args.threads
+        key = (run["task"], run["data"], run["sampler"], run["size"])
+        runs = [r for r in runs if (r["task"], r["data"], r["sampler"], r["size"]) != key] + [run]
+        print(table([run]))
+    runs.sort(key=lambda r: (r["task"], r["data"], r["sampler"], r["size"]))
+    doc = {"benchmark": "cdvae", "runs": runs, "table": table(runs), "published_reconstruction": PUBLISHED_RECON,
+           "match": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist is not None",
+           "versions": package_versions(), "xtalforge": xtalforge.__version__, "machine": platform.platform()}
+    write_json(OUT, doc)
+    print(doc["table"])
+
+
+if __name__ == "__main__":
+    main()

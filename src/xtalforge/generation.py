@@ -1,0 +1,245 @@
+"""De novo generation: crystals without a given composition, written as CIFs plus a table in resumable batches.
+
+    from xtalforge.generation import generate, generate_to_folder
+    crystals = generate(data="perov_5", n=100, seed=0)            # shipped CDVAE weights of that benchmark
+    generate_to_folder("gen_perov", data="perov_5", n=1000)       # structures/*.cif, generated.csv, run.json
+
+Batch ``b`` of a run is drawn with its own seed (``seed``, ``b``), so a run interrupted and rerun with the same
+settings writes exactly what an uninterrupted one would. Each row of the table: formula, atoms, space group (spglib
+at ``SYMPREC``), density (g/cm^3), SMACT compositional validity, structural validity (all distances >= 0.5 A) and
+the formation energy per atom predicted by the shipped DAO-P head (trained on MP data; an estimate elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from xtalforge.crystal import Crystal, atomic_write_text
+from xtalforge.errors import XtalforgeError
+
+#: generative models ``generate`` can run
+MODELS = ("cdvae",)
+#: spglib tolerance (Angstrom) of the space group column
+SYMPREC = 0.1
+BATCH = 250
+TABLE_COLUMNS = ("index", "formula", "atoms", "spacegroup", "density", "smact_valid", "struct_valid",
+                 "formation_energy", "file")
+
+
+def load_generator(model: str = "cdvae", data: str = "mp_20_biternary", weights: str | None = None,
+                   device: str = "cpu"):
+    """The generative model: ``weights`` (a path or a shipped name) or the shipped weights trained on ``data``."""
+    if model not in MODELS:
+        raise XtalforgeError(f"unknown generative model '{model}' (choose from {', '.join(MODELS)})")
+    from xtalforge.data.protocol import get_benchmark
+    from xtalforge.models.cdvae import CDVAE
+
+    if weights is None:
+        get_benchmark(data)  # an unknown benchmark is named as such, not as missing weights
+    return CDVAE.load(weights or data, device)
+
+
+def generate(model: str = "cdvae", data: str = "mp_20_biternary", n: int = 100, seed: int = 0,
+             sampler: str | None = None, weights: str | None = None, device: str = "cpu",
+             batch_size: int = BATCH) -> list[Crystal]:
+    """``n`` new crystals from the model trained on benchmark ``data`` (see :func:`load_generator`)."""
+    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, sample
+
+    _check_n(n)
+    net = load_generator(model, data, weights, device)
+    return sample(net, n, seed, sampler or DEFAULT_SAMPLER, batch_size)
+
+
+def describe(crystals: list[Crystal]) -> list[dict]:
+    """One table row per crystal (see the module docstring); the index and file are left to the caller."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from xtalforge.evaluation.denovo import density, smact_validity, structure_validity
+    from xtalforge.properties import load_property_model
+
+    energies = load_property_model("formation_energy").predict(crystals) if crystals else []
+    rows = []
+    for c, e in zip(crystals, energies):
+        try:
+            group = SpacegroupAnalyzer(c.to_structure(), symprec=SYMPREC).get_space_group_number()
+        except Exception:  # spglib gives up on degenerate cells: no group is reported rather than a wrong one
+            group = None
+        rows.append({"formula": c.formula, "atoms": c.num_atoms, "spacegroup": group,
+                     "density": round(density(c), 4), "smact_valid": smact_validity(c.numbers),
+                     "struct_valid": structure_validity(c), "formation_energy": round(float(e), 4)})
+    return rows
+
+
+def generate_to_folder(out: str | os.PathLike, model: str = "cdvae", data: str = "mp_20_biternary", n: int = 1000,
+                       seed: int = 0, sampler: str | None = None, weights: str | None = None,
+                       relax: str = "none", device: str = "cpu", batch_size: int = BATCH,
+                       progress: Callable[[int, int], None] | None = None) -> Path:
+    """Generate ``n`` crystals into ``out``: ``structures/NNNNN.cif``, ``generated.csv`` and ``run.json``.
+
+    Rerunning with the same settings resumes (finished batches are kept); a folder written with other settings, or
+    holding other files, is refused. ``relax="chgnet"`` relaxes each crystal before it is written.
+    ``progress(done, n)`` is called after every batch. Returns the path of ``generated.csv``.
+    """
+    import xtalforge
+    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, sample_batch
+
+    _check_n(n)
+    if relax not in ("none", "chgnet"):
+        raise XtalforgeError(f"unknown relaxation '{relax}' (choose none or chgnet)")
+    net = load_generator(model, data, weights, device)
+    sampler = sampler or DEFAULT_SAMPLER
+    settings = {"model": model, "data": data, "n": n, "seed": seed, "sampler": sampler, "relax": relax,
+                "batch_size": batch_size, "weights": weights or data,
+                "weights_meta": {k: net.meta.get(k) for k in ("data", "n_train", "train_steps")}}
+    out = Path(out)
+    _claim_folder(out, settings)
+    atomic_write_text(out / "run.json", json.dumps({"settings": settings, "xtalforge": xtalforge.__version__,
+                                                    "symprec": SYMPREC}, indent=2))
+    parts = out / "batches"
+    parts.mkdir(exist_ok=True)
+    (out / "structures").mkdir(exist_ok=True)
+    n_batches = (n + batch_size - 1) // batch_size
+    for b in range(n_batches):
+        part = parts / f"{b:05d}.jsonl"
+        if not part.is_file():
+            size = min(batch_size, n - b * batch_size)
+            crystals = sample_batch(net, size, seed, b, sampler)
+            if relax == "chgnet":
+                crystals = _relaxed(crystals)
+            rows = describe(crystals)
+            for k, (c, row) in enumerate(zip(crystals, rows)):
+                index = b * batch_size + k
+                row.update(index=index, file=f"structures/{index:05d}.cif")
+                atomic_write_text(out / row["file"], c.to_cif_string())
+            # the batch's table part is written last: its presence marks the batch finished
+            atomic_write_text(part, "".join(json.dumps(r) + "\n" for r in rows))
+        if progress is not None:
+            progress(min(n, (b + 1) * batch_size), n)
+    rows = [json.loads(line) for b in range(n_batches) for line in (parts / f"{b:05d}.jsonl").read_text().splitlines()]
+    table = out / "generated.csv"
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)[list(TABLE_COLUMNS)]
+    atomic_write_text(table, frame.to_csv(index=False))
+    return table
+
+
+def read_generated(folder: str | os.PathLike) -> tuple[list[Crystal], dict]:
+    """The crystals of a finished :func:`generate_to_folder` run, in index order, and its ``run.json``."""
+    import pandas as pd
+
+    folder = Path(folder)
+    table, run = folder / "generated.csv", folder / "run.json"
+    if not table.is_file() or not run.is_file():
+        raise XtalforgeError(f"{folder} holds no finished generation run (generated.csv and run.json)")
+    from pymatgen.core import Structure
+
+    frame = pd.read_csv(table)
+    # pymatgen directly: Crystal.read refuses overlapping atoms, which invalid samples have and the metrics count
+    crystals = [Crystal.from_structure(Structure.from_file(folder / f)) for f in frame["file"]]
+    return crystals, json.loads(run.read_text())
+
+
+def evaluate_generation(folder: str | os.PathLike, reference: str, workers: int = 1,
+                        n_property_samples: int = 1000, seed: int = 0, stability: bool = False) -> dict:
+    """The de novo metrics of a finished run against benchmark ``reference`` (its test split; novelty against its
+    training split), written to ``folder/metrics.json`` and returned.
+
+    Validity, COV-R / COV-P (CDVAE's cut-offs, :data:`~xtalforge.evaluation.denovo.COV_CUTOFFS`), Wasserstein
+    distances of density, number of elements and DAO-P formation energy (the same predictor on both sides; valid
+    samples against the test crystals), uniqueness and novelty (StructureMatcher) and the share above P1. With
+    ``stability``, also the CHGNet stability proxy and the share unique, novel and stable (a S.U.N. proxy).
+    """
+    import time
+
+    from scipy.stats import wasserstein_distance
+
+    from xtalforge.data.protocol import get_benchmark, load_split, training_set
+    from xtalforge.evaluation.denovo import (
+        COV_CUTOFFS,
+        cached_fingerprints,
+        evaluate_denovo,
+        share_above_p1,
+        smact_validity,
+        stability_proxy,
+        structure_validity,
+        uniqueness_novelty,
+    )
+    from xtalforge.properties import load_property_model
+
+    bench = get_benchmark(reference)
+    crystals, run = read_generated(folder)
+    t0 = time.perf_counter()
+    test_data = load_split(reference, bench.test_split)
+    test = list(test_data)
+    struct_cut, comp_cut = COV_CUTOFFS[reference]
+    metrics = evaluate_denovo(crystals, test, struct_cut, comp_cut, n_property_samples, seed, workers,
+                              reference_fps=cached_fingerprints(test_data, workers))
+    valid = [c for c in crystals if structure_validity(c) and smact_validity(c.numbers)]
+    if len(valid) > n_property_samples:
+        pick = np.sort(np.random.default_rng(seed).choice(len(valid), n_property_samples, replace=False))
+        valid = [valid[i] for i in pick]
+    energy = load_property_model("formation_energy")
+    metrics["wdist_formation_energy"] = (float(wasserstein_distance(energy.predict(valid), energy.predict(test)))
+                                         if valid else None)
+    training = list(training_set(reference))
+    novelty = uniqueness_novelty(crystals, training)
+    metrics.update({k: v for k, v in novelty.items() if not k.endswith("_flags")})
+    if stability:
+        stable = stability_proxy(crystals, training)
+        metrics.update({k: v for k, v in stable.items() if not k.endswith("_flags")})
+        sun = novelty["unique_flags"] & novelty["novel_flags"] & stable["stable_flags"]
+        metrics["sun_proxy"] = 100.0 * sun.sum() / max(1, len(sun))
+    metrics["above_p1"] = share_above_p1(crystals, SYMPREC)
+    metrics["reference_above_p1"] = share_above_p1(test, SYMPREC)
+    metrics["settings"].update(reference=reference, symprec=SYMPREC, generation=run["settings"],
+                               novelty_against=f"training_set('{reference}')", matcher="pymatgen defaults")
+    metrics["seconds"] = time.perf_counter() - t0
+    atomic_write_text(Path(folder) / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _check_n(n: int) -> None:
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise XtalforgeError(f"the number of structures must be a whole number >= 1, got {n}")
+
+
+def _claim_folder(out: Path, settings: dict) -> None:
+    """Refuse a folder of another run (other settings) or with files a generation run does not write."""
+    if not out.exists():
+        out.mkdir(parents=True)
+        return
+    if not out.is_dir():
+        raise XtalforgeError(f"{out} exists and is not a folder")
+    own = {"run.json", "generated.csv", "batches", "structures", "metrics.json"}
+    foreign = sorted(f.name for f in out.iterdir() if f.name not in own)
+    if foreign:
+        raise XtalforgeError(f"{out} holds files a generation run did not write ({', '.join(foreign[:3])}); "
+                             "choose another --out")
+    run = out / "run.json"
+    if run.is_file():
+        before = json.loads(run.read_text())["settings"]
+        changed = [k for k in settings if k != "weights_meta" and before.get(k) != settings[k]]
+        if changed:
+            raise XtalforgeError(f"{out} holds another run ({', '.join(f'{k}={before.get(k)}' for k in changed)}); "
+                                 "use the same settings to resume or choose another --out")
+    elif any(out.iterdir()):
+        shutil.rmtree(out / "batches", ignore_errors=True)  # parts of a run killed before run.json: redo
+
+
+def _relaxed(crystals: list[Crystal]) -> list[Crystal]:
+    from xtalforge.relax.chgnet import relax
+
+    out = []
+    for c in crystals:
+        try:
+            out.append(relax(c, steps=200).crystal)
+        except XtalforgeError:  # a collapsed sample stays as generated (its validity column says so)
+            out.append(c)
+    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def denovo(data: str, weights: str, n: int, seed: int, sampler: str, workers: in
     from xtalforge.generation import evaluate_generation, generate_to_folder
 
     folder = Path("runs/cdvae_bench") / f"{data}_{sampler}_n{n}_s{seed}"
+    shutil.rmtree(folder, ignore_errors=True)  # generated afresh, so the timing is of this run
     cpu0, wall0 = time.process_time(), time.perf_counter()
     generate_to_folder(folder, data=data, weights=weights, n=n, seed=seed, sampler=sampler)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

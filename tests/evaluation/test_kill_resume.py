@@ -53,7 +53,18 @@ def _jsonl_indices(path: Path) -> list[int]:
 
 
 def _stable(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k not in RUN_DEPENDENT}
+    """The report without its run-dependent parts, floats to 6 significant digits: an RMSE computed in another
+    process can differ in the last bits (measured: 2e-7 relative), a resumed run must not differ more."""
+    def rounded(v):
+        if isinstance(v, float):
+            return float(f"{v:.6g}")
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [rounded(x) for x in v]
+        return v
+
+    return rounded({k: v for k, v in report.items() if k not in RUN_DEPENDENT})
 
 
 def _candidates(path: Path) -> dict[int, list]:

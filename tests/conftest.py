@@ -37,3 +37,24 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def loss_curve():
+    """``loss_curve(model, batch, steps=40, lr=3e-3) -> losses``: Adam steps on one batch, the noise of step s drawn
+    from seed s % 4 (so the same four noise draws repeat and a falling loss means the model learned)."""
+    import torch
+
+    def run(model, batch, steps: int = 40, lr: float = 3e-3) -> list[float]:
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        losses = []
+        for step in range(steps):
+            loss, logs = model.loss(batch, torch.Generator().manual_seed(step % 4))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(logs)
+        return losses
+
+    return run

@@ -58,19 +58,13 @@ def generate(model: str = "cdvae", data: str = "mp_20_biternary", n: int = 100, 
 
 def describe(crystals: list[Crystal]) -> list[dict]:
     """One table row per crystal (see the module docstring); the index and file are left to the caller."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    from xtalforge.evaluation.denovo import density, smact_validity, structure_validity
+    from xtalforge.evaluation.denovo import density, smact_validity, spacegroup_number, structure_validity
     from xtalforge.properties import load_property_model
 
     energies = load_property_model("formation_energy").predict(crystals) if crystals else []
     rows = []
     for c, e in zip(crystals, energies):
-        try:
-            group = SpacegroupAnalyzer(c.to_structure(), symprec=SYMPREC).get_space_group_number()
-        except Exception:  # spglib gives up on degenerate cells: no group is reported rather than a wrong one
-            group = None
-        rows.append({"formula": c.formula, "atoms": c.num_atoms, "spacegroup": group,
+        rows.append({"formula": c.formula, "atoms": c.num_atoms, "spacegroup": spacegroup_number(c, SYMPREC),
                      "density": round(density(c), 4), "smact_valid": smact_validity(c.numbers),
                      "struct_valid": structure_validity(c), "formation_energy": round(float(e), 4)})
     return rows

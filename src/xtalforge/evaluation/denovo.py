@@ -15,7 +15,6 @@ The fingerprints are in :mod:`xtalforge.evaluation.fingerprints`; its docstring 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -193,13 +192,13 @@ def cached_fingerprints(data, workers: int = 1) -> list[tuple[np.ndarray | None,
     if path.is_file():
         z = np.load(path)
         return [(s if ok else None, c) for s, ok, c in zip(z["struct"], z["ok"], z["comp"])]
+    from xtalforge.crystal import atomic_save_npz
+
     fps = fingerprints(list(data), workers)
     width = next((len(s) for s, _ in fps if s is not None), 1)
     struct = np.array([s if s is not None else np.zeros(width) for s, _ in fps])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, struct=struct, ok=np.array([s is not None for s, _ in fps]), comp=np.array([c for _, c in fps]))
-    os.replace(tmp, path)
+    atomic_save_npz(path, struct=struct, ok=np.array([s is not None for s, _ in fps]),
+                    comp=np.array([c for _, c in fps]))
     return fps
 
 
@@ -240,16 +239,20 @@ def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal]
             "unique_and_novel": 100.0 * (unique & novel).sum() / n, "unique_flags": unique, "novel_flags": novel}
 
 
-def share_above_p1(crystals: Sequence[Crystal], symprec: float = 0.1) -> float:
-    """Percent of crystals in which spglib (at ``symprec`` Angstrom) finds a space group above P1."""
+def spacegroup_number(crystal: Crystal, symprec: float = 0.1) -> int | None:
+    """The space group number spglib finds at ``symprec`` Angstrom, or None where it gives up (degenerate cells)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    above = 0
-    for c in crystals:
-        try:
-            above += SpacegroupAnalyzer(c.to_structure(), symprec=symprec).get_space_group_number() > 1
-        except Exception:  # spglib fails on degenerate cells: counted as P1
-            pass
+    try:
+        return int(SpacegroupAnalyzer(crystal.to_structure(), symprec=symprec).get_space_group_number())
+    except Exception:  # spglib fails on degenerate cells: no group rather than a wrong one
+        return None
+
+
+def share_above_p1(crystals: Sequence[Crystal], symprec: float = 0.1) -> float:
+    """Percent of crystals in which spglib (at ``symprec`` Angstrom) finds a space group above P1 (a cell spglib
+    gives up on counts as P1)."""
+    above = sum((spacegroup_number(c, symprec) or 1) > 1 for c in crystals)
     return 100.0 * above / max(1, len(crystals))
 
 
@@ -262,12 +265,12 @@ def stability_proxy(generated: Sequence[Crystal], training: Sequence[Crystal], t
 
     formulas = [c.to_structure().composition.reduced_formula for c in generated]
     wanted = set(formulas)
-    same = [c for c in training if c.to_structure().composition.reduced_formula in wanted]
+    same = [(c, f) for c in training if (f := c.to_structure().composition.reduced_formula) in wanted]
     e_gen = chgnet_energies(list(generated), threads=threads, desc="CHGNet (samples)")
-    e_train = chgnet_energies(same, threads=threads, desc="CHGNet (training)") if same else np.array([])
+    e_train = (chgnet_energies([c for c, _ in same], threads=threads, desc="CHGNet (training)") if same
+               else np.array([]))
     lowest: dict[str, float] = {}
-    for f, e in zip([c.to_structure().composition.reduced_formula for c in same] + formulas,
-                    np.concatenate([e_train, e_gen])):
+    for f, e in zip([f for _, f in same] + formulas, np.concatenate([e_train, e_gen])):
         if np.isfinite(e):
             lowest[f] = min(lowest.get(f, np.inf), float(e))
     stable = np.array([np.isfinite(e) and e - lowest[f] <= threshold for f, e in zip(formulas, e_gen)], dtype=bool)

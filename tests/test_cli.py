@@ -30,6 +30,9 @@ from xtalforge.ranking import GENERATOR_POOL
         (["generate", "--data", "no_such_set"], "unknown benchmark 'no_such_set'"),
         (["generate", "--data", "perov_5", "--weights", "no_such"], "no CDVAE weights 'no_such'"),
         (["evaluate-generation", "no_folder", "--reference", "perov_5"], "holds no finished generation run"),
+        (["optimize", "--data", "perov_5", "--property", "band_gap"], "optimise heat_ref, not 'band_gap'"),
+        (["optimize", "missing.cif"], "missing.cif"),
+        (["optimize", "--data", "no_such_set"], "unknown benchmark 'no_such_set'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):

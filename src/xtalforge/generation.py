@@ -1,8 +1,10 @@
-"""De novo generation: crystals without a given composition, written as CIFs plus a table in resumable batches.
+"""De novo generation: crystals without a given composition, written as CIFs plus a table in resumable batches,
+and CDVAE's latent property optimisation written the same way.
 
-    from xtalforge.generation import generate, generate_to_folder
+    from xtalforge.generation import generate, generate_to_folder, optimize_to_folder
     crystals = generate(data="perov_5", n=100, seed=0)            # shipped CDVAE weights of that benchmark
     generate_to_folder("gen_perov", data="perov_5", n=1000)       # structures/*.cif, generated.csv, run.json
+    optimize_to_folder("opt_mp", data="mp_20_biternary")          # 100 test crystals pushed down the energy head
 
 Batch ``b`` of a run is drawn with its own seed (``seed``, ``b``), so a run interrupted and rerun with the same
 settings writes exactly what an uninterrupted one would. Each row of the table: formula, atoms, space group (spglib
@@ -30,6 +32,8 @@ SYMPREC = 0.1
 BATCH = 250
 TABLE_COLUMNS = ("index", "formula", "atoms", "spacegroup", "density", "smact_valid", "struct_valid",
                  "formation_energy", "file")
+#: columns of ``optimized.csv`` (:func:`optimize_to_folder`)
+OPTIMIZE_COLUMNS = ("start", "start_formula", "snapshot", "step", "latent_property", *TABLE_COLUMNS[1:])
 
 
 def load_generator(model: str = "cdvae", data: str = "mp_20_biternary", weights: str | None = None,
@@ -95,33 +99,137 @@ def generate_to_folder(out: str | os.PathLike, model: str = "cdvae", data: str =
     _claim_folder(out, settings)
     atomic_write_text(out / "run.json", json.dumps({"settings": settings, "xtalforge": xtalforge.__version__,
                                                     "symprec": SYMPREC}, indent=2))
+    n_batches = (n + batch_size - 1) // batch_size
+
+    def make_batch(b: int) -> list[tuple[Crystal, dict]]:
+        size = min(batch_size, n - b * batch_size)
+        crystals = sample_batch(net, size, seed, b, sampler)
+        if relax == "chgnet":
+            crystals = _relaxed(crystals)
+        rows = describe(crystals)
+        for k, row in enumerate(rows):
+            index = b * batch_size + k
+            row.update(index=index, file=f"structures/{index:05d}.cif")
+        return list(zip(crystals, rows))
+
+    def done(b: int) -> None:
+        if progress is not None:
+            progress(min(n, (b + 1) * batch_size), n)
+
+    rows = _write_batches(out, n_batches, make_batch, done)
+    return _write_table(out / "generated.csv", rows, TABLE_COLUMNS)
+
+
+def _write_batches(out: Path, n_batches: int, make_batch: Callable[[int], list[tuple[Crystal, dict]]],
+                   done: Callable[[int], None]) -> list[dict]:
+    """Run the batches not yet finished in ``out`` (``make_batch(b)`` -> (crystal, row with its ``file``) pairs),
+    writing each crystal's CIF and then the batch's table part, whose presence marks the batch finished. Returns the
+    rows of every batch in order."""
     parts = out / "batches"
     parts.mkdir(exist_ok=True)
     (out / "structures").mkdir(exist_ok=True)
-    n_batches = (n + batch_size - 1) // batch_size
     for b in range(n_batches):
         part = parts / f"{b:05d}.jsonl"
         if not part.is_file():
-            size = min(batch_size, n - b * batch_size)
-            crystals = sample_batch(net, size, seed, b, sampler)
-            if relax == "chgnet":
-                crystals = _relaxed(crystals)
-            rows = describe(crystals)
-            for k, (c, row) in enumerate(zip(crystals, rows)):
-                index = b * batch_size + k
-                row.update(index=index, file=f"structures/{index:05d}.cif")
+            pairs = make_batch(b)
+            for c, row in pairs:
                 atomic_write_text(out / row["file"], c.to_cif_string())
-            # the batch's table part is written last: its presence marks the batch finished
-            atomic_write_text(part, "".join(json.dumps(r) + "\n" for r in rows))
-        if progress is not None:
-            progress(min(n, (b + 1) * batch_size), n)
-    rows = [json.loads(line) for b in range(n_batches) for line in (parts / f"{b:05d}.jsonl").read_text().splitlines()]
-    table = out / "generated.csv"
+            atomic_write_text(part, "".join(json.dumps(row) + "\n" for _, row in pairs))
+        done(b)
+    return [json.loads(line) for b in range(n_batches) for line in (parts / f"{b:05d}.jsonl").read_text().splitlines()]
+
+
+def _write_table(table: Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
     import pandas as pd
 
-    frame = pd.DataFrame(rows)[list(TABLE_COLUMNS)]
-    atomic_write_text(table, frame.to_csv(index=False))
+    atomic_write_text(table, pd.DataFrame(rows, columns=list(columns)).to_csv(index=False))
     return table
+
+
+def optimize_to_folder(out: str | os.PathLike, data: str = "mp_20_biternary", prop: str = "formation_energy",
+                       starts: list[Crystal] | None = None, n: int = 100, maximize: bool = False, steps: int = 5000,
+                       lr: float = 1e-3, snapshots: int = 10, sampler: str | None = None, seed: int = 0,
+                       weights: str | None = None, device: str = "cpu", batch_size: int = 25,
+                       progress: Callable[[int, int], None] | None = None) -> Path:
+    """CDVAE's property optimisation into ``out``: each starting crystal is encoded, its latent follows ``steps``
+    Adam steps (``lr``) down (or up, ``maximize``) the property head, and ``snapshots`` latents along the path are
+    decoded. ``starts`` defaults to ``n`` random test crystals of ``data`` (drawn with ``seed``, the paper's
+    protocol). Writes ``structures/SSSSS_KK.cif``, ``optimized.csv`` (start, snapshot, step, the CDVAE head's value
+    ``latent_property`` and the :func:`describe` columns, whose ``formation_energy`` is the independent DAO-P
+    prediction) and ``run.json``; resumable in batches of ``batch_size`` starting crystals. Returns the table path.
+    """
+    import torch
+
+    import xtalforge
+    from xtalforge.data.protocol import get_benchmark, load_split, sample_indices
+    from xtalforge.models.cdvae.optimize import optimize_latents
+    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, decode
+
+    if not 1 <= snapshots <= steps:
+        raise XtalforgeError(f"need 1 <= snapshots <= steps, got {snapshots} snapshots of {steps} steps")
+    net = load_generator("cdvae", data, weights, device)
+    column = _optimised_column(net, prop, weights or data)
+    if starts is None:
+        _check_n(n)
+        test = load_split(data, get_benchmark(data).test_split)
+        picked = sample_indices(len(test), n, seed)
+        starts, origin = list(test.subset(picked)), f"{data} test rows {picked.tolist()}"
+    else:
+        origin = [c.formula for c in starts]
+    if not starts:
+        raise XtalforgeError("no starting crystals to optimise")
+    too_big = [c.formula for c in starts if c.num_atoms > net.cfg.max_atoms]
+    if too_big:
+        raise XtalforgeError(f"{too_big[0]} has more atoms than the CDVAE weights' limit of {net.cfg.max_atoms}")
+    sampler = sampler or DEFAULT_SAMPLER
+    settings = {"model": "cdvae", "data": data, "property": column, "maximize": maximize, "steps": steps, "lr": lr,
+                "snapshots": snapshots, "sampler": sampler, "seed": seed, "batch_size": batch_size,
+                "weights": weights or data, "starts": origin,
+                "weights_meta": {k: net.meta.get(k) for k in ("data", "n_train", "train_steps")}}
+    out = Path(out)
+    _claim_folder(out, settings)
+    atomic_write_text(out / "run.json", json.dumps({"settings": settings, "xtalforge": xtalforge.__version__,
+                                                    "symprec": SYMPREC}, indent=2))
+    path_steps = np.linspace(steps / snapshots, steps, snapshots).round().astype(int)
+    n_batches = (len(starts) + batch_size - 1) // batch_size
+
+    def make_batch(b: int) -> list[tuple[Crystal, dict]]:
+        first = b * batch_size
+        chunk = starts[first:first + batch_size]
+        path = optimize_latents(net, chunk, steps, lr, snapshots, maximize)  # (S, M, D), deterministic
+        values = net.predict_property(path.reshape(-1, path.shape[-1])).detach().cpu().numpy()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        crystals = decode(net, path.reshape(-1, path.shape[-1]), sampler, gen)
+        pairs = []
+        for flat, (c, row) in enumerate(zip(crystals, describe(crystals))):
+            k, i = divmod(flat, len(chunk))
+            start = first + i
+            row.update(start=start, start_formula=chunk[i].formula, snapshot=k + 1, step=int(path_steps[k]),
+                       latent_property=round(float(values[flat]), 4), file=f"structures/{start:05d}_{k + 1:02d}.cif")
+            pairs.append((c, row))
+        return sorted(pairs, key=lambda p: (p[1]["start"], p[1]["snapshot"]))
+
+    def done(b: int) -> None:
+        if progress is not None:
+            progress(min(len(starts), (b + 1) * batch_size), len(starts))
+
+    rows = _write_batches(out, n_batches, make_batch, done)
+    return _write_table(out / "optimized.csv", rows, OPTIMIZE_COLUMNS)
+
+
+def _optimised_column(net, prop: str, weights: str) -> str:
+    """The label column of the CDVAE property head, checked against the asked property (a :data:`PROPERTIES` name
+    or the column itself)."""
+    from xtalforge.properties import PROPERTIES
+
+    column = net.stats.get("property")
+    label = PROPERTIES[prop].label if prop in PROPERTIES else prop
+    if not column:
+        raise XtalforgeError(f"the CDVAE weights '{weights}' were trained without a property head")
+    if label != column:
+        names = [name for name, spec in PROPERTIES.items() if spec.label == column] or [column]
+        raise XtalforgeError(f"the CDVAE weights '{weights}' optimise {names[0]}, not '{prop}'")
+    return column
 
 
 def read_generated(folder: str | os.PathLike) -> tuple[list[Crystal], dict]:
@@ -211,7 +319,7 @@ def _claim_folder(out: Path, settings: dict) -> None:
         return
     if not out.is_dir():
         raise XtalforgeError(f"{out} exists and is not a folder")
-    own = {"run.json", "generated.csv", "batches", "structures", "metrics.json"}
+    own = {"run.json", "generated.csv", "optimized.csv", "batches", "structures", "metrics.json"}
     foreign = sorted(f.name for f in out.iterdir() if f.name not in own)
     if foreign:
         raise XtalforgeError(f"{out} holds files a generation run did not write ({', '.join(foreign[:3])}); "

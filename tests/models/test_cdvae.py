@@ -12,6 +12,7 @@ from xtalforge.data.batch import collate
 from xtalforge.data.dataset import CrystalDataset
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.denovo import share_above_p1, uniqueness_novelty
+from xtalforge.evaluation.matching import lattice_from_parameters
 from xtalforge.models.cdvae import CDVAE, CDVAEConfig, reconstruct, sample
 from xtalforge.models.cdvae.model import lattice_features
 from xtalforge.models.cdvae.sampler import composition_counts, decode_stats, sample_batch
@@ -52,6 +53,16 @@ def test_composition_counts_sum_to_the_atom_count_and_follow_the_distribution():
     assert counts.sum(-1).tolist() == [5, 3, 1]
     assert counts[0].tolist() == [1, 1, 3, 0]
     assert counts[2].tolist() == [1, 0, 0, 0]
+
+
+def test_decoded_angles_always_make_a_cell_and_real_cells_keep_theirs():
+    from xtalforge.models.cdvae.model import realisable_angles
+
+    angles = torch.tensor([[120.0, 120.0, 120.0], [90, 90, 120], [60, 60, 60], [150, 150, 30]], dtype=torch.float64)
+    fixed = realisable_angles(angles)
+    torch.testing.assert_close(fixed[1:3], angles[1:3])  # hexagonal and fcc-primitive cells are left alone
+    lattice = lattice_from_parameters(np.c_[np.full((4, 3), 4.0), fixed.numpy()])
+    assert (np.abs(np.linalg.det(lattice)) > 0.2 * 64).all()
 
 
 def test_decoding_starts_from_the_heads(model):
@@ -150,6 +161,41 @@ def test_latent_optimisation_moves_the_property_head_the_asked_way(model, data, 
     assert len(paths) == 2 and all(len(p) == 2 for p in paths)
     rates = success_rates(np.array([[0.0, -3.0], [np.nan, np.nan], [5.0, 1.0]]), np.arange(100.0))
     assert rates == {"SR5": pytest.approx(2 / 3), "SR10": pytest.approx(2 / 3), "SR15": pytest.approx(2 / 3)}
+
+
+def test_optimisation_folder_decodes_each_path_resumes_and_checks_the_property(model, data, tmp_path, one_thread):
+    from xtalforge.generation import optimize_to_folder
+
+    weights = tmp_path / "tiny.pt"
+    model.save(weights)
+    out = tmp_path / "opt"
+    starts = list(data)
+    table = optimize_to_folder(out, prop="formation_energy", starts=starts, weights=str(weights), steps=20, lr=0.05,
+                               snapshots=4, batch_size=1)
+    import pandas as pd
+
+    frame = pd.read_csv(table)
+    assert len(frame) == 8 and frame["start"].tolist() == [0] * 4 + [1] * 4
+    assert frame["step"].tolist()[:4] == [5, 10, 15, 20] and frame["start_formula"][0] == starts[0].formula
+    for _, rows in frame.groupby("start"):  # the head's value falls along each path
+        assert rows["latent_property"].is_monotonic_decreasing
+    assert all((out / f).is_file() for f in frame["file"])
+    first = table.read_text()
+    (out / "batches" / "00001.jsonl").unlink()
+    assert optimize_to_folder(out, prop="formation_energy", starts=starts, weights=str(weights), steps=20, lr=0.05,
+                              snapshots=4, batch_size=1).read_text() == first
+    with pytest.raises(XtalforgeError, match="optimise formation_energy, not 'band_gap'"):
+        optimize_to_folder(tmp_path / "x", prop="band_gap", starts=starts, weights=str(weights))
+    with pytest.raises(XtalforgeError, match="snapshots"):
+        optimize_to_folder(tmp_path / "x", starts=starts, weights=str(weights), steps=3, snapshots=5)
+    from xtalforge.crystal import Crystal
+
+    c = starts[0]  # 8 atoms; a 1x1x3 supercell exceeds the tiny model's 10
+    huge = Crystal(c.lattice * [[1], [1], [3]], np.concatenate([(c.frac_coords + [0, 0, k]) * [1, 1, 1 / 3]
+                                                               for k in range(3)]), np.tile(c.numbers, 3))
+    with pytest.raises(XtalforgeError, match="more atoms than"):
+        optimize_to_folder(tmp_path / "x", starts=[huge], weights=str(weights))
+    assert not (tmp_path / "x").exists()
 
 
 def test_stability_proxy_compares_with_the_lowest_energy_per_formula(nacl, triclinic):

@@ -72,6 +72,18 @@ def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
                          nn.Linear(hidden, d_out))
 
 
+def realisable_angles(angles: torch.Tensor, min_volume_factor: float = 0.05) -> torch.Tensor:
+    """(B, 3) angles (degrees) moved the least way towards 90 (in tenths) so the cell has volume: each angle may lie
+    in [30, 150] and still no cell exist (120 / 120 / 120), which latents far from the data (property optimisation)
+    decode to. ``min_volume_factor`` bounds (V / abc)^2 = 1 - sum cos^2 + 2 prod cos (cubic: 1)."""
+    shrink = torch.linspace(1.0, 0.0, 11, dtype=angles.dtype, device=angles.device)  # (11,)
+    trial = 90.0 + shrink[None, :, None] * (angles[:, None, :] - 90.0)  # (B, 11, 3)
+    c = torch.cos(torch.deg2rad(trial))
+    factor = 1.0 - (c ** 2).sum(-1) + 2.0 * c.prod(-1)  # (B, 11)
+    first_ok = (factor >= min_volume_factor).to(torch.int8).argmax(-1)  # the 90/90/90 end always passes
+    return trial[torch.arange(len(angles), device=angles.device), first_ok]
+
+
 def lattice_features(lattice: torch.Tensor, num_atoms: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) lattices -> (B, 6): lengths / N^(1/3) (Angstrom) and angles (degrees), CDVAE's lattice target."""
     lengths = lattice.norm(dim=-1)
@@ -136,7 +148,7 @@ class CDVAE(nn.Module):
         """(B, 6) lattice parameters (Angstrom, degrees) from the lattice head, lengths scaled back by N^(1/3)."""
         feats = self.lattice_head(z) * self.lattice_std + self.lattice_mean
         lengths = feats[:, :3].clamp(min=0.5) * num_atoms.to(z.dtype)[:, None] ** (1.0 / 3.0)
-        return torch.cat([lengths, feats[:, 3:].clamp(30.0, 150.0)], dim=-1)
+        return torch.cat([lengths, realisable_angles(feats[:, 3:].clamp(30.0, 150.0))], dim=-1)
 
     # ------------------------------------------------------------------ decoder
     def score(self, z: torch.Tensor, lattice: torch.Tensor, frac: torch.Tensor, types: torch.Tensor,

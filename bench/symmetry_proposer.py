@@ -39,6 +39,7 @@ from xtalforge.data import load_split
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.report import package_versions, write_json
 from xtalforge.models.symmetry_proposer import Proposal, SymmetryProposer, propose
+from xtalforge.models.symmetry_proposer.propose import answer_log_probs
 from xtalforge.models.wyckoff_flow.method import divisors
 from xtalforge.symmetry import assignments, from_structure
 from xtalforge.symmetry.wyckoff import position_table
@@ -65,17 +66,21 @@ def frequency_answers(counts: Counter, zs: list[int], prior: dict[int, float], k
     return out[:k]
 
 
-def library_answers(templates, cell: list[int], k: int) -> list[tuple]:
-    out = []
+def library_answers(templates, cell: list[int], k: int) -> tuple[list[tuple], list[int]]:
+    """The distinct answers of the template method's first ``2 k`` candidates in its order (at most ``k``), and how
+    many candidates gave each (its votes)."""
+    out: list[tuple] = []
+    votes: Counter = Counter()
     for cand in templates.generate([cell], 2 * k)[0]:
         try:
             sym = from_structure(cand)
         except XtalforgeError:
             continue
         answer = (sym.spacegroup, tuple((o.number, o.index) for o in sym.orbits))
+        votes[answer] += 1
         if answer not in out:
             out.append(answer)
-    return out[:k]
+    return out[:k], [votes[a] for a in out[:k]]
 
 
 def ranks(answers: list[tuple], truth: tuple) -> tuple[int | None, int | None]:
@@ -161,8 +166,13 @@ def main() -> None:
             lists["frequency"] = frequency_answers(counts, zs, prior, max(KS))
             seconds["frequency"] += time.perf_counter() - t
             t = time.perf_counter()
-            lists["library"] = library_answers(templates, [int(z) for z in test[int(i)].numbers], max(KS))
+            lists["library"], votes = library_answers(templates, [int(z) for z in test[int(i)].numbers], max(KS))
             seconds["library"] += time.perf_counter() - t
+            # what a merged ranking needs: the proposer's log-probability of every answer, the library's votes
+            row["features"] = {"proposer": [[a[0], [list(o) for o in a[1]], p.log_prob]
+                                            for a, p in zip(lists["proposer"], found)],
+                               "library": [[a[0], [list(o) for o in a[1]], v, float(lp)] for a, v, lp in
+                                           zip(lists["library"], votes, answer_log_probs(model, lists["library"]))]}
             lists["library+proposer"] = (lists["library"] + [a for a in lists["proposer"] if a not in
                                                             lists["library"]])[: max(KS)]
             true_text = Proposal(truth[0], truth[1], 0, 0.0).text()

@@ -232,14 +232,15 @@ def _optimised_column(net, prop: str, weights: str) -> str:
     return column
 
 
-def read_generated(folder: str | os.PathLike) -> tuple[list[Crystal], dict]:
-    """The crystals of a finished :func:`generate_to_folder` run, in index order, and its ``run.json``."""
+def read_generated(folder: str | os.PathLike, table: str = "generated.csv") -> tuple[list[Crystal], dict]:
+    """The crystals of a finished :func:`generate_to_folder` run (``table="optimized.csv"``: of
+    :func:`optimize_to_folder`), in the table's order, and its ``run.json``."""
     import pandas as pd
 
     folder = Path(folder)
-    table, run = folder / "generated.csv", folder / "run.json"
+    table, run = folder / table, folder / "run.json"
     if not table.is_file() or not run.is_file():
-        raise XtalforgeError(f"{folder} holds no finished generation run (generated.csv and run.json)")
+        raise XtalforgeError(f"{folder} holds no finished generation run ({table.name} and run.json)")
     from pymatgen.core import Structure
 
     frame = pd.read_csv(table)

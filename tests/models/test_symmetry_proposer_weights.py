@@ -21,3 +21,13 @@ def test_shipped_proposer_knows_common_prototypes(one_thread):
     gap = {(a.spacegroup, a.orbits): a.log_prob for a in propose(model, {11: 1, 17: 1}, {"band_gap": 5.0}, k=5)}
     shared = set(free) & set(gap)
     assert shared and any(abs(free[s] - gap[s]) > 1e-4 for s in shared)
+
+
+def test_scoring_a_given_answer_agrees_with_the_beam_search(one_thread):
+    from xtalforge.models.symmetry_proposer.propose import answer_log_probs
+
+    model = SymmetryProposer.load()
+    found = propose(model, {8: 6, 22: 2, 38: 2}, k=5)
+    scored = answer_log_probs(model, [(a.spacegroup, tuple(reversed(a.orbits))) for a in found])  # any orbit order
+    assert [round(float(s), 4) for s in scored] == [round(a.log_prob, 4) for a in found]
+    assert answer_log_probs(model, [(225, ((11, 0),) * 30)])[0] == float("-inf")  # 30 Na per cell: no token

@@ -20,6 +20,7 @@ from xtalforge.models.symmetry_proposer.tokens import (
     advance,
     group_tables,
     letter_mask,
+    orbit_order,
     reduced,
     start_state,
 )
@@ -56,8 +57,9 @@ class Proposal:
                 + " , ".join(self.wyckoff))
 
 
-def _rows(elements, counts, props, zs, groups, letters, states, full) -> Sequences:
-    """A :class:`Sequences` of partial answers (same composition), with one pending letter slot for the next step."""
+def _rows(elements, counts, props, zs, groups, letters, states, full, grammar: bool = False) -> Sequences:
+    """A :class:`Sequences` of partial answers (same composition), with one pending letter slot for the next step.
+    The given letters' masks are the grammar's (``grammar``, for scoring them) or just the letter (decoding)."""
     n, t = len(zs), len(letters[0]) + 1
     lt = np.full((n, t), 0, dtype=np.int64)
     q_el = np.zeros((n, t), dtype=np.int64)
@@ -71,7 +73,10 @@ def _rows(elements, counts, props, zs, groups, letters, states, full) -> Sequenc
         for j, w in enumerate(letters[i]):
             q_el[i, j], q_rem[i, j] = elements[state.element], state.remaining
             lt[i, j], mult[i, j], dof[i, j] = w, m[w], d[w]
-            masks[i, j, w] = True
+            if grammar:
+                masks[i, j] = letter_mask(state, groups[i])
+            else:
+                masks[i, j, w] = True
             state = advance(state, w, full[i], groups[i])
         q_el[i, -1], q_rem[i, -1] = elements[states[i].element], states[i].remaining
         masks[i, -1] = letter_mask(states[i], groups[i])
@@ -162,6 +167,38 @@ def propose(model: SymmetryProposer, counts: dict[int, int], properties: dict[st
         live = [b for b in nxt if len(b[3]) < model.cfg.max_len - len(elements) - len(PROPERTIES) - 4]
     done.sort(key=lambda p: -p.log_prob)
     return done[:k]
+
+
+@torch.no_grad()
+def answer_log_probs(model: SymmetryProposer, answers: list[tuple[int, tuple[tuple[int, int], ...]]],
+                     properties: dict[str, float] | None = None) -> np.ndarray:
+    """The proposer's log-probability of given answers (space group, orbits as (atomic number, Wyckoff index) in
+    the primitive cell), scored as :func:`propose` ranks its own: log p(Z) + log p(group) + the letters' under the
+    grammar. -inf for an answer outside the vocabulary."""
+    props = np.array([(properties or {}).get(p, np.nan) for p in PROPERTIES], dtype=float)
+    dev = next(model.parameters()).device
+    model.eval()
+    out = np.full(len(answers), -np.inf)
+    for i, (g, orbits) in enumerate(answers):
+        ordered = orbit_order(list(orbits))
+        mult, _, _ = group_tables(g)
+        counts: dict[int, int] = {}
+        for el, w in ordered:
+            counts[el] = counts.get(el, 0) + int(mult[w])
+        elements, red, z = reduced(counts)
+        full = [counts[e] for e in elements]
+        if z > MAX_Z or max(full) > MAX_COUNT:
+            continue
+        letters = [w for _, w in ordered]
+        state = start_state(full)
+        for w in letters[:-1]:
+            state = advance(state, w, full, g)
+        seq = _rows(elements, red, props, [z], [g], [letters[:-1]], [state], [full], grammar=True)
+        seq.letters[0, -1] = letters[-1]
+        zl, gl, ll = model(ProposerBatch(seq, np.arange(1)).to(dev))
+        lp = torch.log_softmax(ll[0], -1)[torch.arange(len(letters)), torch.as_tensor(letters)]
+        out[i] = float(torch.log_softmax(zl[0], -1)[z] + torch.log_softmax(gl[0], -1)[g] + lp.sum())
+    return out
 
 
 def _orbits(elements: list[int], red: list[int], z: int, g: int, letters: list[int]) -> list[tuple[int, int]]:

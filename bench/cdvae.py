@@ -108,7 +108,7 @@ def judge(data: str, column: str) -> tuple[object, dict]:
                    "test_label_std": float(np.std(y_test))}
 
 
-def optimisation(data: str, weights: str, n: int, seed: int, sampler: str) -> dict:
+def optimisation(data: str, weights: str, n: int, seed: int, sampler: str, prior_weight: float = 0.0) -> dict:
     import pandas as pd
 
     from xtalforge.data.protocol import training_set
@@ -116,11 +116,11 @@ def optimisation(data: str, weights: str, n: int, seed: int, sampler: str) -> di
     from xtalforge.models.cdvae.optimize import success_rates
 
     column = CDVAE.load(weights).stats["property"]
-    folder = Path("runs/cdvae_bench") / f"optimize_{data}_{sampler}_n{n}_s{seed}"
+    folder = Path("runs/cdvae_bench") / f"optimize_{data}_{sampler}_n{n}_s{seed}_p{prior_weight}"
     shutil.rmtree(folder, ignore_errors=True)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     frame = pd.read_csv(optimize_to_folder(folder, data=data, prop=column, n=n, seed=seed, sampler=sampler,
-                                           weights=weights))
+                                           weights=weights, prior_weight=prior_weight))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     model, about = judge(data, column)
     judged = model.predict(read_generated(folder, "optimized.csv")[0])
@@ -130,7 +130,8 @@ def optimisation(data: str, weights: str, n: int, seed: int, sampler: str) -> di
     labels = train.meta[column].to_numpy(float)
     predicted = model.predict(train)
     return {"task": "optimize", "data": data, "sampler": sampler, "size": n, "weights": weights, "seed": seed,
-            "property": column, **about, "folder": str(folder), **success_rates(values, labels),
+            "prior_weight": prior_weight, "property": column, **about, "folder": str(folder),
+            **success_rates(values, labels),
             "against_predicted_training": success_rates(values, np.asarray(predicted)),
             "valid_snapshots": float(frame["struct_valid"].mean() * 100),
             "mean_start": float(values[:, 0][np.isfinite(values[:, 0])].mean()),
@@ -139,13 +140,12 @@ def optimisation(data: str, weights: str, n: int, seed: int, sampler: str) -> di
 
 
 def optimisation_table(runs: list[dict]) -> str:
-    lines = ["| data | property | sampler | starts | SR5 | SR10 | SR15 | valid snapshots % | mean first / best | "
-             "CPU-s per start |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | property | prior weight | seed | starts | SR5 | SR10 | SR15 | valid snapshots % | "
+             "mean first / best | CPU-s per start |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['data']} | {r['property']} | {r['sampler']} | {r['size']} | {r['SR5']:.2f} | "
-                     f"{r['SR10']:.2f} | {r['SR15']:.2f} | {r['valid_snapshots']:.1f} | "
-                     f"{r['mean_start']:.3f} / {r['mean_best']:.3f} | "
-                     f"{r['cpu_s_per_start']:.2f} |")
+        lines.append(f"| {r['data']} | {r['property']} | {r.get('prior_weight', 0.0):g} | {r['seed']} | {r['size']} | "
+                     f"{r['SR5']:.2f} | {r['SR10']:.2f} | {r['SR15']:.2f} | {r['valid_snapshots']:.1f} | "
+                     f"{r['mean_start']:.3f} / {r['mean_best']:.3f} | {r['cpu_s_per_start']:.2f} |")
     return "\n".join(lines)
 
 
@@ -169,6 +169,12 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_key(run: dict) -> tuple:
+    """What identifies a run in the JSON (an optimisation also by its seed and prior weight: tuning rows)."""
+    key = (run["task"], run["data"], run["sampler"], run["size"])
+    return key + (run["seed"], run.get("prior_weight", 0.0)) if run["task"] == "optimize" else key
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=["recon", "denovo", "optimize"])
@@ -178,6 +184,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None,
                         help="de novo: structures generated (default 1000); optimize: starting crystals (default 100)")
     parser.add_argument("--samplers", default="fast")
+    parser.add_argument("--prior-weight", type=float, default=0.0, help="optimize: weight of the latent prior term")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
@@ -189,14 +196,14 @@ def main() -> None:
         if args.task == "recon":
             run = reconstruction(args.data, weights, args.limit, args.seed, sampler)
         elif args.task == "optimize":
-            run = optimisation(args.data, weights, args.n or 100, args.seed, sampler)
+            run = optimisation(args.data, weights, args.n or 100, args.seed, sampler, args.prior_weight)
         else:
             run = denovo(args.data, weights, args.n or 1000, args.seed, sampler, args.workers)
         run["threads"] = args.threads
-        key = (run["task"], run["data"], run["sampler"], run["size"])
-        runs = [r for r in runs if (r["task"], r["data"], r["sampler"], r["size"]) != key] + [run]
+        key = run_key(run)
+        runs = [r for r in runs if run_key(r) != key] + [run]
         print(optimisation_table([run]) if run["task"] == "optimize" else table([run]))
-    runs.sort(key=lambda r: (r["task"], r["data"], r["sampler"], r["size"]))
+    runs.sort(key=lambda r: tuple(str(v) for v in run_key(r)))
     doc = {"benchmark": "cdvae", "runs": runs, "table": table(runs),
            "optimisation_table": optimisation_table([r for r in runs if r["task"] == "optimize"]),
            "published_reconstruction": PUBLISHED_RECON, "published_sr": PUBLISHED_SR,

@@ -122,6 +122,7 @@ def _method_kwargs(args, benchmark: str | None = None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     import xtalforge
+    from xtalforge.generation import PRIOR_WEIGHT
     from xtalforge.prediction import RANK_BY
     from xtalforge.ranking import GENERATOR_POOL
 
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=5000, help="Adam steps on each latent (default 5000)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3, the paper's)")
     p.add_argument("--snapshots", type=positive_int, default=10, help="latents decoded along each path (default 10)")
+    p.add_argument("--prior-weight", type=float, default=PRIOR_WEIGHT, metavar="W",
+                   help=f"weight of the latent prior term |z|^2/2 that keeps paths where the decoder was trained "
+                   f"(default {PRIOR_WEIGHT:g}; the paper's protocol: 0)")
     p.add_argument("--sampler", default=None, choices=["fast", "faithful"], help="decoder sampler (default fast)")
     p.add_argument("--weights", default=None, metavar="NAME|PATH", help="CDVAE weights (default: those of --data)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -467,6 +471,7 @@ def cmd_optimize(args) -> int:
         table = optimize_to_folder(out, data=args.data, prop=args.property, starts=starts, n=args.n,
                                    maximize=args.maximize, steps=args.steps, lr=args.lr, snapshots=args.snapshots,
                                    sampler=args.sampler, seed=args.seed, weights=args.weights, device=args.device,
+                                   prior_weight=args.prior_weight,
                                    progress=lambda done, total: bar.update(done - bar.n))
     import pandas as pd
 

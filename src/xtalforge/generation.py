@@ -32,6 +32,9 @@ SYMPREC = 0.1
 BATCH = 250
 TABLE_COLUMNS = ("index", "formula", "atoms", "spacegroup", "density", "smact_valid", "struct_valid",
                  "formation_energy", "file")
+#: default weight of the latent prior term of :func:`optimize_to_folder` (``xtalforge optimize``), chosen on tuning
+#: starts (docs/results.md); CDVAE's protocol is 0
+PRIOR_WEIGHT = 0.1
 #: columns of ``optimized.csv`` (:func:`optimize_to_folder`)
 OPTIMIZE_COLUMNS = ("start", "start_formula", "snapshot", "step", "latent_property", *TABLE_COLUMNS[1:])
 
@@ -150,10 +153,12 @@ def optimize_to_folder(out: str | os.PathLike, data: str = "mp_20_biternary", pr
                        starts: list[Crystal] | None = None, n: int = 100, maximize: bool = False, steps: int = 5000,
                        lr: float = 1e-3, snapshots: int = 10, sampler: str | None = None, seed: int = 0,
                        weights: str | None = None, device: str = "cpu", batch_size: int = 25,
-                       progress: Callable[[int, int], None] | None = None) -> Path:
+                       prior_weight: float | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
     """CDVAE's property optimisation into ``out``: each starting crystal is encoded, its latent follows ``steps``
     Adam steps (``lr``) down (or up, ``maximize``) the property head, and ``snapshots`` latents along the path are
-    decoded. ``starts`` defaults to ``n`` random test crystals of ``data`` (drawn with ``seed``, the paper's
+    decoded (``prior_weight``: see :func:`~xtalforge.models.cdvae.optimize.optimize_latents`; default
+    :data:`PRIOR_WEIGHT`, 0 is the paper's protocol). ``starts`` defaults
+    to ``n`` random test crystals of ``data`` (drawn with ``seed``, the paper's
     protocol). Writes ``structures/SSSSS_KK.cif``, ``optimized.csv`` (start, snapshot, step, the CDVAE head's value
     ``latent_property`` and the :func:`describe` columns, whose ``formation_energy`` is the independent DAO-P
     prediction) and ``run.json``; resumable in batches of ``batch_size`` starting crystals. Returns the table path.
@@ -165,6 +170,7 @@ def optimize_to_folder(out: str | os.PathLike, data: str = "mp_20_biternary", pr
     from xtalforge.models.cdvae.optimize import optimize_latents
     from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, decode
 
+    prior_weight = PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
     if not 1 <= snapshots <= steps:
         raise XtalforgeError(f"need 1 <= snapshots <= steps, got {snapshots} snapshots of {steps} steps")
     net = load_generator("cdvae", data, weights, device)
@@ -183,8 +189,8 @@ def optimize_to_folder(out: str | os.PathLike, data: str = "mp_20_biternary", pr
         raise XtalforgeError(f"{too_big[0]} has more atoms than the CDVAE weights' limit of {net.cfg.max_atoms}")
     sampler = sampler or DEFAULT_SAMPLER
     settings = {"model": "cdvae", "data": data, "property": column, "maximize": maximize, "steps": steps, "lr": lr,
-                "snapshots": snapshots, "sampler": sampler, "seed": seed, "batch_size": batch_size,
-                "weights": weights or data, "starts": origin,
+                "prior_weight": prior_weight, "snapshots": snapshots, "sampler": sampler, "seed": seed,
+                "batch_size": batch_size, "weights": weights or data, "starts": origin,
                 "weights_meta": {k: net.meta.get(k) for k in ("data", "n_train", "train_steps")}}
     out = Path(out)
     _claim_folder(out, settings)
@@ -196,7 +202,7 @@ def optimize_to_folder(out: str | os.PathLike, data: str = "mp_20_biternary", pr
     def make_batch(b: int) -> list[tuple[Crystal, dict]]:
         first = b * batch_size
         chunk = starts[first:first + batch_size]
-        path = optimize_latents(net, chunk, steps, lr, snapshots, maximize)  # (S, M, D), deterministic
+        path = optimize_latents(net, chunk, steps, lr, snapshots, maximize, prior_weight)  # (S, M, D), deterministic
         values = net.predict_property(path.reshape(-1, path.shape[-1])).detach().cpu().numpy()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
         crystals = decode(net, path.reshape(-1, path.shape[-1]), sampler, gen)

@@ -431,8 +431,8 @@ def test_cached_fingerprints_are_the_fingerprints(crystals, tmp_path, monkeypatc
 
     monkeypatch.setenv("XTALFORGE_CACHE", str(tmp_path))
     data = CrystalDataset.from_crystals(list(crystals)[:3])
-    first = cached_fingerprints(data)
-    assert len(list(tmp_path.glob("fingerprints_*.npz"))) == 1
+    first = cached_fingerprints(data, chunk=2)  # two chunks, merged into one file
+    assert len(list(tmp_path.glob("fingerprints_*.npz"))) == 1 and not list(tmp_path.glob("*.parts"))
     again = cached_fingerprints(data)  # read back from the file
     for (s1, _), (s2, c2), (s3, c3) in zip(first, again, fingerprints(list(data))):
         np.testing.assert_allclose(s1, s3)

@@ -157,6 +157,8 @@ def test_latent_optimisation_moves_the_property_head_the_asked_way(model, data, 
     assert down.shape == (5, 2, model.cfg.latent)
     assert (model.predict_property(down[-1]) < z0).all() and (model.predict_property(up[-1]) > z0).all()
     assert all(p.requires_grad for p in model.parameters())  # the model is left trainable
+    held = optimize_latents(model, data, steps=50, lr=0.05, snapshots=5, prior_weight=1.0)
+    assert (held[-1].norm(dim=-1) < down[-1].norm(dim=-1)).all()  # the prior term keeps z nearer the prior's mass
     paths = optimize_property(model, data, steps=10, snapshots=2)
     assert len(paths) == 2 and all(len(p) == 2 for p in paths)
     rates = success_rates(np.array([[0.0, -3.0], [np.nan, np.nan], [5.0, 1.0]]), np.arange(100.0))
@@ -171,7 +173,7 @@ def test_optimisation_folder_decodes_each_path_resumes_and_checks_the_property(m
     out = tmp_path / "opt"
     starts = list(data)
     table = optimize_to_folder(out, prop="formation_energy", starts=starts, weights=str(weights), steps=20, lr=0.05,
-                               snapshots=4, batch_size=1)
+                               snapshots=4, batch_size=1, prior_weight=0.0)
     import pandas as pd
 
     frame = pd.read_csv(table)
@@ -183,7 +185,10 @@ def test_optimisation_folder_decodes_each_path_resumes_and_checks_the_property(m
     first = table.read_text()
     (out / "batches" / "00001.jsonl").unlink()
     assert optimize_to_folder(out, prop="formation_energy", starts=starts, weights=str(weights), steps=20, lr=0.05,
-                              snapshots=4, batch_size=1).read_text() == first
+                              snapshots=4, batch_size=1, prior_weight=0.0).read_text() == first
+    with pytest.raises(XtalforgeError, match="another run"):  # the default prior weight is another setting
+        optimize_to_folder(out, prop="formation_energy", starts=starts, weights=str(weights), steps=20, lr=0.05,
+                           snapshots=4, batch_size=1)
     with pytest.raises(XtalforgeError, match="optimise formation_energy, not 'band_gap'"):
         optimize_to_folder(tmp_path / "x", prop="band_gap", starts=starts, weights=str(weights))
     with pytest.raises(XtalforgeError, match="snapshots"):

@@ -17,9 +17,12 @@ from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, decode, encode
 
 
 def optimize_latents(model: CDVAE, crystals: Sequence[Crystal] | CrystalDataset, steps: int = 5000,
-                     lr: float = 1e-3, snapshots: int = 10, maximize: bool = False) -> torch.Tensor:
+                     lr: float = 1e-3, snapshots: int = 10, maximize: bool = False,
+                     prior_weight: float = 0.0) -> torch.Tensor:
     """(snapshots, M, D) latents along the optimisation path of each crystal's posterior mean (the last is the end
-    point). The property head is minimised (``maximize=False``) or maximised."""
+    point). The property head (standardised units) is minimised (``maximize=False``) or maximised; ``prior_weight``
+    adds ``prior_weight * |z|^2 / 2``, the prior's negative log-density, which keeps the path where the decoder was
+    trained (the paper: 0)."""
     z = encode(model, crystals).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     for p in model.parameters():
@@ -30,7 +33,7 @@ def optimize_latents(model: CDVAE, crystals: Sequence[Crystal] | CrystalDataset,
         for step in range(1, steps + 1):
             value = model.property_head(z).sum()
             opt.zero_grad()
-            (-value if maximize else value).backward()
+            ((-value if maximize else value) + prior_weight * 0.5 * (z ** 2).sum()).backward()
             opt.step()
             if step in keep:
                 path.append(z.detach().clone())
@@ -42,9 +45,9 @@ def optimize_latents(model: CDVAE, crystals: Sequence[Crystal] | CrystalDataset,
 
 def optimize_property(model: CDVAE, crystals: Sequence[Crystal] | CrystalDataset, steps: int = 5000,
                       lr: float = 1e-3, snapshots: int = 10, maximize: bool = False, sampler: str = DEFAULT_SAMPLER,
-                      seed: int = 0) -> list[list[Crystal]]:
+                      seed: int = 0, prior_weight: float = 0.0) -> list[list[Crystal]]:
     """For each starting crystal, the ``snapshots`` crystals decoded along its optimisation path (in path order)."""
-    path = optimize_latents(model, crystals, steps, lr, snapshots, maximize)
+    path = optimize_latents(model, crystals, steps, lr, snapshots, maximize, prior_weight)
     s, m, d = path.shape
     gen = torch.Generator().manual_seed(seed)
     flat: list[Crystal] = []

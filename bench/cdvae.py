@@ -13,7 +13,8 @@ CPU time is process time (user + system) on ``--threads``. Every run is merged i
 Optimisation (the paper's protocol): ``xtalforge optimize`` from ``--n`` random test crystals, 5,000 Adam steps, 10
 decoded snapshots each; SR_p = share of paths whose best structurally valid snapshot has an independent
 prediction of the property (:func:`judge`) at or below the p-th percentile of the training labels (also stored:
-against the judge's predictions of the training crystals).
+against the judge's predictions of the training crystals; and in domain: only snapshots that are SMACT-valid with
+no more elements than a training crystal, since the judge extrapolates beyond its training compositions).
 """
 
 from __future__ import annotations
@@ -129,22 +130,35 @@ def optimisation(data: str, weights: str, n: int, seed: int, sampler: str, prior
     train = training_set(data)
     labels = train.meta[column].to_numpy(float)
     predicted = model.predict(train)
+    # in domain: SMACT-valid, and no more elements than a training crystal has (the judge extrapolates beyond that)
+    most = max(len(set(train.atoms_of(i).tolist())) for i in range(len(train)))
+    n_el = frame["formula"].map(lambda f: sum(ch.isupper() for ch in f)).to_numpy()
+    in_domain = frame["smact_valid"].astype(bool).to_numpy() & (n_el <= most)
+    strict = np.where(in_domain, values.reshape(-1), np.nan).reshape(values.shape)
     return {"task": "optimize", "data": data, "sampler": sampler, "size": n, "weights": weights, "seed": seed,
             "prior_weight": prior_weight, "property": column, **about, "folder": str(folder),
             **success_rates(values, labels),
             "against_predicted_training": success_rates(values, np.asarray(predicted)),
+            "in_domain": {"max_elements": most, **success_rates(strict, labels),
+                          "share_of_snapshots": float(in_domain.mean() * 100)},
             "valid_snapshots": float(frame["struct_valid"].mean() * 100),
             "mean_start": float(values[:, 0][np.isfinite(values[:, 0])].mean()),
             "mean_best": float(np.nanmin(values, axis=1)[np.isfinite(values).any(1)].mean()),
             "cpu_s_per_start": cpu / n, "wall_s": wall, "steps": 5000, "snapshots": 10}
 
 
+def in_domain(run: dict) -> str:
+    d = run.get("in_domain")
+    return "-" if d is None else f"{d['SR5']:.2f} / {d['SR10']:.2f} / {d['SR15']:.2f}"
+
+
 def optimisation_table(runs: list[dict]) -> str:
-    lines = ["| data | property | prior weight | seed | starts | SR5 | SR10 | SR15 | valid snapshots % | "
-             "mean first / best | CPU-s per start |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | property | prior weight | seed | starts | SR5 | SR10 | SR15 | in-domain SR5 / 10 / 15 | "
+             "valid snapshots % | mean first / best | CPU-s per start |", "|" + "---|" * 12]
     for r in runs:
         lines.append(f"| {r['data']} | {r['property']} | {r.get('prior_weight', 0.0):g} | {r['seed']} | {r['size']} | "
-                     f"{r['SR5']:.2f} | {r['SR10']:.2f} | {r['SR15']:.2f} | {r['valid_snapshots']:.1f} | "
+                     f"{r['SR5']:.2f} | {r['SR10']:.2f} | {r['SR15']:.2f} | {in_domain(r)} | "
+                     f"{r['valid_snapshots']:.1f} | "
                      f"{r['mean_start']:.3f} / {r['mean_best']:.3f} | {r['cpu_s_per_start']:.2f} |")
     return "\n".join(lines)
 

@@ -41,6 +41,17 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_cdvae(p: argparse.ArgumentParser, command: str) -> None:
+    """Options of the commands that run the shipped CDVAE weights of a benchmark (generate, optimize)."""
+    p.add_argument("--data", default="mp_20_biternary", help="benchmark whose shipped CDVAE weights to use")
+    p.add_argument("--sampler", default=None, choices=["fast", "faithful"],
+                   help="fast (default: 1 Langevin step per noise level) or faithful (the paper's 100 per level)")
+    p.add_argument("--weights", default=None, metavar="NAME|PATH", help="CDVAE weights (default: those of --data)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default=None, help=f"output folder (default ./xtalforge_{command}_<data>)")
+    _add_device(p)
+
+
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="NAME|PATH",
                    help="model weights: a shipped name (src/xtalforge/weights/) or a file")
@@ -194,16 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "structures/*.cif, generated.csv (formula, atoms, space group, density, validity, DAO-P "
                        "formation energy) and run.json in --out. Resumable in batches: rerun with the same options.")
     p.add_argument("--model", default="cdvae", choices=["cdvae"], help="generative model (default cdvae)")
-    p.add_argument("--data", default="mp_20_biternary", help="benchmark whose shipped weights to use")
     p.add_argument("--n", type=positive_int, default=100, help="number of structures (default 100)")
-    p.add_argument("--sampler", default=None, choices=["fast", "faithful"],
-                   help="fast (default: 1 Langevin step per noise level) or faithful (the paper's 100 per level)")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax each structure with CHGNet")
-    p.add_argument("--weights", default=None, metavar="NAME|PATH", help="CDVAE weights (default: those of --data)")
     p.add_argument("--batch", type=positive_int, default=250, help="structures per resumable batch (default 250)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default=None, help="output folder (default ./xtalforge_generate_<data>)")
-    _add_device(p)
+    _add_cdvae(p, "generate")
 
     p = sub.add_parser("evaluate-generation", help="de novo metrics of a generate run against a benchmark",
                        description="Validity, COV-R / COV-P, Wasserstein distances (density, elements, formation "
@@ -224,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "in --out; resumable: rerun with the same options.")
     p.add_argument("start", nargs="*", help="starting CIF / POSCAR / extxyz files (default: --n random test "
                    "crystals of --data)")
-    p.add_argument("--data", default="mp_20_biternary", help="benchmark whose shipped CDVAE weights to use")
     p.add_argument("--property", default="formation_energy",
                    help="the property of the weights' head (default formation_energy)")
     p.add_argument("--maximize", action="store_true", help="raise the property instead of lowering it")
@@ -235,11 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-weight", type=float, default=PRIOR_WEIGHT, metavar="W",
                    help=f"weight of the latent prior term |z|^2/2 that keeps paths where the decoder was trained "
                    f"(default {PRIOR_WEIGHT:g}; the paper's protocol: 0)")
-    p.add_argument("--sampler", default=None, choices=["fast", "faithful"], help="decoder sampler (default fast)")
-    p.add_argument("--weights", default=None, metavar="NAME|PATH", help="CDVAE weights (default: those of --data)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default=None, help="output folder (default ./xtalforge_optimize_<data>)")
-    _add_device(p)
+    _add_cdvae(p, "optimize")
 
     p = sub.add_parser("relax", help="relax a structure with CHGNet", description="Relax atoms and cell with "
                        "CHGNet (FIRE); writes the relaxed CIF and the energy of every step.")

@@ -203,9 +203,10 @@ def optimize_to_folder(out: str | os.PathLike, data: str = "mp_20_biternary", pr
         first = b * batch_size
         chunk = starts[first:first + batch_size]
         path = optimize_latents(net, chunk, steps, lr, snapshots, maximize, prior_weight)  # (S, M, D), deterministic
-        values = net.predict_property(path.reshape(-1, path.shape[-1])).detach().cpu().numpy()
+        flat_path = path.reshape(-1, path.shape[-1])  # snapshot-major: row k * M + i is start i at snapshot k
+        values = net.predict_property(flat_path).detach().cpu().numpy()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        crystals = decode(net, path.reshape(-1, path.shape[-1]), sampler, gen)
+        crystals = decode(net, flat_path, sampler, gen)
         pairs = []
         for flat, (c, row) in enumerate(zip(crystals, describe(crystals))):
             k, i = divmod(flat, len(chunk))

@@ -204,18 +204,18 @@ def cached_fingerprints(data, workers: int = 1, chunk: int = 250) -> list[tuple[
             part = parts / f"{start:07d}.npz"
             if not part.is_file():
                 fps = fingerprints([data[i] for i in range(start, min(len(data), start + chunk))], workers)
-                width = next((len(s) for s, _ in fps if s is not None), 0)
-                atomic_save_npz(part, struct=np.array([s if s is not None else np.full(width, np.nan) for s, _ in fps]),
+                atomic_save_npz(part, struct=np.array([s for s, _ in fps if s is not None]),
                                 ok=np.array([s is not None for s, _ in fps]), comp=np.array([c for _, c in fps]))
         loaded = [np.load(parts / f"{start:07d}.npz") for start in starts]
-        width = max(z["struct"].shape[1] for z in loaded if z["struct"].ndim == 2)
-        struct = np.concatenate([z["struct"] if z["struct"].ndim == 2 and z["struct"].shape[1] == width
-                                 else np.zeros((len(z["ok"]), width)) for z in loaded])
-        atomic_save_npz(path, struct=np.nan_to_num(struct), ok=np.concatenate([z["ok"] for z in loaded]),
-                        comp=np.concatenate([z["comp"] for z in loaded]))
+        ok = np.concatenate([z["ok"] for z in loaded])
+        found = [z["struct"] for z in loaded if len(z["struct"])]  # fingerprints of the crystals CrystalNN read
+        struct = np.zeros((len(ok), found[0].shape[1] if found else 1))  # zeros where it failed (``ok`` False)
+        if found:
+            struct[ok] = np.concatenate(found)
+        atomic_save_npz(path, struct=struct, ok=ok, comp=np.concatenate([z["comp"] for z in loaded]))
         shutil.rmtree(parts, ignore_errors=True)
     z = np.load(path)
-    return [(s if ok else None, c) for s, ok, c in zip(z["struct"], z["ok"], z["comp"])]
+    return [(s if read else None, c) for s, read, c in zip(z["struct"], z["ok"], z["comp"])]
 
 
 #: CDVAE's coverage cut-offs (structure fingerprint, composition fingerprint) per benchmark.

@@ -1,5 +1,5 @@
-"""Wall time of one `xtalforge predict` per composition, as a user runs it: templates, and the symmetry path with
-CHGNet relaxation of the returned candidates.
+"""Wall time of one `xtalforge predict` per composition, as a user runs it: templates, and the symmetry path ranked
+by CHGNet static energy or with CHGNet relaxation of the returned candidates.
 
     python bench/predict_timing.py --rows 5 --threads 2
 
@@ -28,7 +28,8 @@ from xtalforge.symmetry.wyckoff import formula_of
 CLASSES = {"<=10 atoms": ("mp_20_biternary", 1, 10), "11-20 atoms": ("mp_20_biternary", 11, 20),
            ">20 atoms": ("mpts_52", 21, 52)}
 SETUPS = {"template": {"method": "template", "relax": "none"},
-          "symmetry + CHGNet": {"method": "symmetry", "relax": "chgnet"}}
+          "symmetry + CHGNet ranking": {"method": "symmetry", "relax": "none", "rank_by": "chgnet"},
+          "symmetry + CHGNet relaxation": {"method": "symmetry", "relax": "chgnet"}}
 
 
 def compositions(rows: int, seed: int) -> list[tuple[str, str, int, int]]:
@@ -52,12 +53,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="candidates returned (predict's default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, from: " + ", ".join(SETUPS))
     parser.add_argument("--out", default="bench/results/predict_timing.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     comps = compositions(args.rows, args.seed)
+    setups = {name: SETUPS[name] for name in args.setups.split(",")}
     runs = []
-    for setup, kwargs in SETUPS.items():
+    for setup, kwargs in setups.items():
         xtalforge.predict("NaCl", n=1, **kwargs)  # warm-up: models and potentials load once
         for size, formula, z, atoms in comps:
             t0 = time.perf_counter()
@@ -70,7 +73,7 @@ def main() -> None:
                          "wall_s": time.perf_counter() - t0})
             print(f"{setup:18s} {size:12s} {formula:24s} {runs[-1]['wall_s']:7.1f} s {error or ''}", flush=True)
     lines = ["| setup | size | compositions | median s | max s |", "|---|---|---|---|---|"]
-    for setup in SETUPS:
+    for setup in setups:
         for size in CLASSES:
             t = [r["wall_s"] for r in runs if r["setup"] == setup and r["size"] == size]
             lines.append(f"| {setup} | {size} | {len(t)} | {np.median(t):.1f} | {max(t):.1f} |")

@@ -167,6 +167,19 @@ def test_dao_g_alone_is_ranked_by_consensus_over_a_pool():
     assert any(c.static_energy_per_atom is not None for c in default)  # the tie-break is shown
 
 
+def test_symmetry_alone_is_ranked_by_chgnet_energy_over_its_pool():
+    import xtalforge
+    from xtalforge.prediction import GENERATOR_POOLS
+    from xtalforge.ranking import chgnet_energy
+
+    default = xtalforge.predict("Na2Cl2", n=3, method="symmetry", steps=5)
+    assert [c.info["rank_by"] for c in default] == ["chgnet"] * 3
+    assert all(c.info["ranked_among"] == GENERATOR_POOLS["symmetry"] for c in default)
+    values = [c.info["rank_value"] for c in default]
+    assert values == sorted(values)  # the lowest static energies of the pool, lowest first
+    np.testing.assert_allclose(values, chgnet_energy([c.crystal for c in default]), atol=1e-4)
+
+
 def test_dao_g_with_relaxation_relaxes_the_consensus_best_in_their_order(monkeypatch):
     import xtalforge
     import xtalforge.relax

@@ -134,8 +134,7 @@ def _method_kwargs(args, benchmark: str | None = None) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     import xtalforge
     from xtalforge.generation import PRIOR_WEIGHT
-    from xtalforge.prediction import RANK_BY
-    from xtalforge.ranking import GENERATOR_POOL
+    from xtalforge.prediction import GENERATOR_POOLS, RANK_BY
 
     parser = argparse.ArgumentParser(prog="xtalforge", description="Crystal structure prediction on a laptop CPU.",
                                      epilog="`xtalforge COMMAND --help` for each command; docs/ for how methods work.")
@@ -153,9 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default), template, redecorate, dao-g, symmetry; see docs/methods.md")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax the candidates with CHGNet")
     p.add_argument("--rank-by", default="auto", choices=RANK_BY,
-                   help="candidate order; auto: the method's, consensus for dao-g, CHGNet energy with --relax")
+                   help="candidate order; auto: the method's, consensus for dao-g, CHGNet energy for symmetry "
+                        "and with --relax")
     p.add_argument("--pool", type=positive_int, default=None,
-                   help=f"candidates drawn before ranking (default --n; {GENERATOR_POOL} for dao-g)")
+                   help="candidates drawn before ranking (default --n; "
+                        + ", ".join(f"{v} for {k}" for k, v in GENERATOR_POOLS.items()) + ")")
     p.add_argument("--no-redecorate", action="store_true", help="auto without re-decorated templates (no CHGNet)")
     p.add_argument("--no-report", action="store_true", help="skip index.html (pictures of the candidates)")
     _add_symmetry(p)

@@ -28,10 +28,14 @@ RANK_BY = ("auto", "score", "dao-p", "chgnet", "consensus")
 #: What ``rank_by="auto"`` uses without relaxation: the method's own order (re-ranking template lists by an energy
 #: gained nothing measurable, docs/methods.md) ...
 DEFAULT_RANK_BY = "score"
-#: ... except for a generator alone, whose samples are ranked by consensus over a pool of ``GENERATOR_POOL``.
-GENERATOR_RANK_BY = "consensus"
-#: Methods whose samples ``rank_by="auto"`` ranks by consensus.
-GENERATORS = ("dao-g", "symmetry")
+#: ... except for a generator alone, whose samples are ranked over a pool: DAO-G's by consensus, the symmetry
+#: method's by CHGNet static energy (it ranked the first candidate better than consensus on tuning rows;
+#: docs/methods.md).
+GENERATOR_RANK_BY = {"dao-g": "consensus", "symmetry": "chgnet"}
+#: Samples drawn per composition for that ranking (what was measured; the symmetry method's pool is also its cost).
+GENERATOR_POOLS = {"dao-g": GENERATOR_POOL, "symmetry": 20}
+#: Methods that draw samples, ranked as above.
+GENERATORS = tuple(GENERATOR_RANK_BY)
 
 
 @dataclass
@@ -136,8 +140,8 @@ def predict(
         rank_by: ``score`` (the method's order), ``dao-p`` (DAO-P energy), ``chgnet`` (CHGNet energy per atom, of the
             relaxed structures with relaxation), ``consensus`` (the structure a generator draws most often first), or
             ``auto`` (:func:`resolve_rank_by`).
-        pool: candidates drawn before ranking (default ``n``; for a generator ranked by consensus
-            ``max(n, GENERATOR_POOL)``).
+        pool: candidates drawn before ranking (default ``n``; for a generator ranked by anything but its own score
+            ``max(n, GENERATOR_POOLS[method])``).
     """
     if n < 1:
         raise XtalforgeError(f"n must be at least 1, got {n}")
@@ -183,20 +187,21 @@ def predictor(method: str = "auto", n: int = 20, rank_by: str = "auto", pool: in
 
 
 def resolve_rank_by(rank_by: str, relaxed: bool, method: str) -> str:
-    """The ranking ``rank_by="auto"`` stands for: consensus for a generator alone (with or without relaxation),
-    CHGNet energy of the relaxed structures for other methods with relaxation, else the method's own order."""
+    """The ranking ``rank_by="auto"`` stands for: :data:`GENERATOR_RANK_BY` for a generator alone (with relaxation,
+    CHGNet ranks the relaxed structures), CHGNet energy of the relaxed structures for other methods with relaxation,
+    else the method's own order."""
     if rank_by not in RANK_BY:
         raise XtalforgeError(f"unknown ranking '{rank_by}' (choose from {', '.join(RANK_BY)})")
     if rank_by != "auto":
         return rank_by
-    return GENERATOR_RANK_BY if method in GENERATORS else "chgnet" if relaxed else DEFAULT_RANK_BY
+    return GENERATOR_RANK_BY[method] if method in GENERATORS else "chgnet" if relaxed else DEFAULT_RANK_BY
 
 
 def _pool(method: str, n: int, by: str, pool: int | None) -> int:
-    """Candidates drawn for ``n`` returned: ``pool``, or ``max(n, GENERATOR_POOL)`` for a generator ranked by
-    anything but its own score (a ranking can only pick from what was drawn)."""
+    """Candidates drawn for ``n`` returned: ``pool``, or ``max(n, GENERATOR_POOLS[method])`` for a generator ranked
+    by anything but its own score (a ranking can only pick from what was drawn)."""
     if pool is None:
-        pool = max(n, GENERATOR_POOL) if method in GENERATORS and by != "score" else n
+        pool = max(n, GENERATOR_POOLS[method]) if method in GENERATORS and by != "score" else n
     if pool < n:
         raise XtalforgeError(f"pool ({pool}) must be at least n ({n})")
     return pool

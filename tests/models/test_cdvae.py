@@ -148,6 +148,18 @@ def test_uniqueness_novelty_and_symmetry_share(nacl, triclinic):
     assert share_above_p1([nacl, triclinic]) == 50.0
 
 
+def test_uniqueness_sees_a_primitive_cell_and_its_supercell_as_one(nacl):
+    from pymatgen.core import Lattice, Structure
+
+    from xtalforge.crystal import Crystal
+
+    primitive = Crystal.from_structure(nacl.to_structure().get_primitive_structure())  # 2 atoms against 8
+    rocksalt_kcl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.29), ["K", "Cl"], [[0, 0, 0], [0.5] * 3])
+    result = uniqueness_novelty([primitive, nacl, Crystal.from_structure(rocksalt_kcl)], [])
+    assert result["unique_flags"].tolist() == [True, False, True]
+    assert result["novel"] == 100.0
+
+
 def test_latent_optimisation_moves_the_property_head_the_asked_way(model, data, one_thread):
     from xtalforge.models.cdvae.optimize import optimize_latents, optimize_property, success_rates
 

@@ -205,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = args.weights or args.data
-    runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
+    done = []
     for sampler in args.samplers.split(","):
         if args.task == "recon":
             run = reconstruction(args.data, weights, args.limit, args.seed, sampler)
@@ -214,9 +214,12 @@ def main() -> None:
         else:
             run = denovo(args.data, weights, args.n or 1000, args.seed, sampler, args.workers)
         run["threads"] = args.threads
-        key = run_key(run)
-        runs = [r for r in runs if run_key(r) != key] + [run]
+        done.append(run)
         print(optimisation_table([run]) if run["task"] == "optimize" else table([run]))
+    # read the stored runs only now, so runs finished meanwhile by other invocations are kept
+    keys = {run_key(r) for r in done}
+    runs = [r for r in (json.loads(OUT.read_text())["runs"] if OUT.is_file() else []) if run_key(r) not in keys]
+    runs += done
     runs.sort(key=lambda r: tuple(str(v) for v in run_key(r)))
     doc = {"benchmark": "cdvae", "runs": runs, "table": table(runs),
            "optimisation_table": optimisation_table([r for r in runs if r["task"] == "optimize"]),

@@ -44,8 +44,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def _add_cdvae(p: argparse.ArgumentParser, command: str) -> None:
     """Options of the commands that run the shipped CDVAE weights of a benchmark (generate, optimize)."""
     p.add_argument("--data", default="mp_20_biternary", help="benchmark whose shipped CDVAE weights to use")
-    p.add_argument("--sampler", default=None, choices=["fast", "faithful"],
-                   help="fast (default: 1 Langevin step per noise level) or faithful (the paper's 100 per level)")
+    p.add_argument("--sampler", default=None, choices=["fast", "medium", "faithful"],
+                   help="Langevin steps per noise level: fast 1 (default), medium 10, faithful 100 (the paper's)")
     p.add_argument("--weights", default=None, metavar="NAME|PATH", help="CDVAE weights (default: those of --data)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default=None, help=f"output folder (default ./xtalforge_{command}_<data>)")

@@ -95,6 +95,21 @@ def test_sampling_is_seeded_and_gives_real_crystals(model, one_thread):
     np.testing.assert_array_equal(again[2].frac_coords, a[2].frac_coords)
 
 
+def test_samplers_make_their_named_number_of_decoder_calls(model, monkeypatch, one_thread):
+    from xtalforge.models.cdvae.sampler import decode
+
+    calls = []
+    real = model.score
+    monkeypatch.setattr(model, "score", lambda *a: calls.append(1) or real(*a))
+    z = torch.randn(2, model.cfg.latent, generator=torch.Generator().manual_seed(0))
+    for name, per_level in (("fast", 1), ("medium", 10), ("faithful", 100)):
+        calls.clear()
+        crystals = decode(model, z, name, torch.Generator().manual_seed(0))
+        assert len(calls) == per_level * model.cfg.n_sigmas and len(crystals) == 2
+    with pytest.raises(XtalforgeError, match="unknown CDVAE sampler 'slow'"):
+        decode(model, z, "slow")
+
+
 def test_save_load_round_trip_and_reconstruction(model, data, tmp_path):
     path = tmp_path / "cdvae.pt"
     model.save(path)

@@ -53,7 +53,7 @@ def main() -> None:
                 "templates, symmetry in the empty slots": [(t[i] + s[i])[:20] for i in ids]}
     for r in (5, 10):
         policies[f"{r} slots kept for symmetry"] = [(t[i][: 20 - r] + s[i])[:20] for i in ids]
-    rows = [{"list": name, "k1": rates(lists)[0], "k20": rates(lists)[1]} for name, lists in policies.items()]
+    rows = [dict(zip(("list", "k1", "k20"), (name, *rates(lists)))) for name, lists in policies.items()]
     counts = {"entries": len(ids), "templates_match": len(hit_t), "symmetry_match": len(hit_s),
               "both": len(hit_t & hit_s), "symmetry_only": len(hit_s - hit_t), "templates_only": len(hit_t - hit_s),
               "no_template_candidate": len(no_template),

@@ -238,22 +238,22 @@ def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal]
 
     matcher = StructureMatcher()
 
-    def reduced(crystal: Crystal):
-        s = crystal.to_structure().get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
+    def reduced(structure):
+        s = structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
         return (s.composition.reduced_formula, len(s)), s
 
     def same(a, b) -> bool:
         return matcher.fit(a, b, skip_structure_reduction=True)
 
-    structs = [reduced(c) for c in generated]
-    wanted = {c.to_structure().composition.reduced_formula for c in generated}
+    structs = [reduced(c.to_structure()) for c in generated]
+    wanted = {formula for (formula, _), _ in structs}
     by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, (key, _) in enumerate(structs):
         by_key[key].append(i)
     train_by_key: dict[tuple[str, int], list] = defaultdict(list)
     for c in training:
-        if c.to_structure().composition.reduced_formula in wanted:
-            key, s = reduced(c)
+        if (t := c.to_structure()).composition.reduced_formula in wanted:  # only a sampled formula can match
+            key, s = reduced(t)
             train_by_key[key].append(s)
     unique = np.zeros(len(structs), dtype=bool)
     novel = np.ones(len(structs), dtype=bool)

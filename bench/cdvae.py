@@ -8,7 +8,7 @@ Reconstruction: each test crystal (a random sample with ``--seed``) is encoded (
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(...) is not None`` (the protocol), RMSE over the
 matched ones. De novo: ``xtalforge generate`` into ``runs/cdvae_bench/``, then ``xtalforge evaluate-generation``.
 CPU time is process time (user + system) on ``--threads``. Every run is merged into ``bench/results/cdvae.json``
-(keyed by task, data, sampler and size), which also holds the table.
+(keyed by task, data, sampler and size), which also holds the table; tuning runs go to another file (``--out``).
 
 Optimisation (the paper's protocol): ``xtalforge optimize`` from ``--n`` random test crystals, 5,000 Adam steps, 10
 decoded snapshots each; SR_p = share of paths whose best structurally valid snapshot has an independent
@@ -184,9 +184,10 @@ def table(runs: list[dict]) -> str:
 
 
 def run_key(run: dict) -> tuple:
-    """What identifies a run in the JSON (an optimisation also by its seed and prior weight: tuning rows)."""
-    key = (run["task"], run["data"], run["sampler"], run["size"])
-    return key + (run["seed"], run.get("prior_weight", 0.0)) if run["task"] == "optimize" else key
+    """What identifies a run in the JSON: task, data, sampler, size, weights and seed (an optimisation also by its
+    prior weight)."""
+    key = (run["task"], run["data"], run["sampler"], run["size"], run.get("weights", run["data"]), run["seed"])
+    return key + (run.get("prior_weight", 0.0),) if run["task"] == "optimize" else key
 
 
 def main() -> None:
@@ -202,6 +203,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="JSON the runs are merged into (tuning runs: bench/results/cdvae_tuning.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = args.weights or args.data
@@ -218,7 +221,8 @@ def main() -> None:
         print(optimisation_table([run]) if run["task"] == "optimize" else table([run]))
     # read the stored runs only now, so runs finished meanwhile by other invocations are kept
     keys = {run_key(r) for r in done}
-    runs = [r for r in (json.loads(OUT.read_text())["runs"] if OUT.is_file() else []) if run_key(r) not in keys]
+    out = args.out
+    runs = [r for r in (json.loads(out.read_text())["runs"] if out.is_file() else []) if run_key(r) not in keys]
     runs += done
     runs.sort(key=lambda r: tuple(str(v) for v in run_key(r)))
     doc = {"benchmark": "cdvae", "runs": runs, "table": table(runs),
@@ -226,7 +230,7 @@ def main() -> None:
            "published_reconstruction": PUBLISHED_RECON, "published_sr": PUBLISHED_SR,
            "match": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist is not None",
            "versions": package_versions(), "xtalforge": xtalforge.__version__, "machine": platform.platform()}
-    write_json(OUT, doc)
+    write_json(out, doc)
     print(doc["table"] + "\n\n" + doc["optimisation_table"])
 
 

@@ -13,7 +13,7 @@ from xtalforge.data.dataset import CrystalDataset
 from xtalforge.errors import XtalforgeError
 from xtalforge.evaluation.denovo import share_above_p1, uniqueness_novelty
 from xtalforge.evaluation.matching import lattice_from_parameters
-from xtalforge.models.cdvae import CDVAE, CDVAEConfig, reconstruct, sample
+from xtalforge.models.cdvae import CDVAE, reconstruct, sample
 from xtalforge.models.cdvae.model import lattice_features
 from xtalforge.models.cdvae.sampler import composition_counts, decode_stats, sample_batch
 
@@ -30,8 +30,8 @@ def data(nacl, triclinic):
 @pytest.fixture
 def model(data):
     torch.manual_seed(0)
-    cfg = CDVAEConfig(latent=8, max_atoms=10, n_sigmas=5)
-    return CDVAE.for_data(data, TINY, {"data": "test"}, "formation_energy_per_atom", cfg).eval()
+    overrides = {"latent": 8, "max_atoms": 10, "n_sigmas": 5}
+    return CDVAE.for_data(data, TINY, {"data": "test"}, "formation_energy_per_atom", overrides).eval()
 
 
 def test_lattice_features_are_scaled_lengths_and_angles(nacl):

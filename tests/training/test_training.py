@@ -12,8 +12,9 @@ import torch
 from xtalforge.crystal import Crystal
 from xtalforge.data.batch import collate
 from xtalforge.data.dataset import load_csv
+from xtalforge.errors import XtalforgeError
 from xtalforge.models.dao_g import DAOG
-from xtalforge.training.train import TrainConfig, parse_config, train
+from xtalforge.training.train import TrainConfig, cdvae_overrides, parse_config, train
 
 TINY = {"hidden": 16, "layers": 1, "heads": 2, "n_freq": 2, "batch_atoms": 40, "max_crystals": 8, "warmup_steps": 2,
         "log_every": 1, "threads": 1}
@@ -84,6 +85,16 @@ def test_config_file_and_overrides(tmp_path):
     assert cfg.hidden == 64 and cfg.lr == 0.002 and cfg.pooled is True
 
 
+def test_cdvae_config_overrides_reach_the_model_and_bad_names_are_one_error():
+    assert cdvae_overrides("cost_composition=10, latent=64") == {"cost_composition": 10.0, "latent": 64}
+    assert isinstance(cdvae_overrides("latent=64")["latent"], int)
+    assert cdvae_overrides("") == {}
+    with pytest.raises(XtalforgeError, match="cost_compositon"):
+        cdvae_overrides("cost_compositon=10")
+    with pytest.raises(XtalforgeError, match="no number"):
+        cdvae_overrides("beta_kl=small")
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tiny_csv, tmp_path):
     out = tmp_path / "ddp"
@@ -128,3 +139,19 @@ def test_aflow_structures_join_benchmark_training_data():
     assert sum(mid.startswith("aflow:") for mid in data.ids) == int((extra.num_atoms <= 20).sum())
     with pytest.raises(XtalforgeError, match="next to 'aflow'"):
         load_training_data(TrainConfig(data="aflow"))
+
+
+def test_initialise_loads_a_checkpoint_of_the_same_model(tmp_path):
+    """Fine-tuning a model that has no DAO-G backbone (the symmetry proposer) from its own weights."""
+    from xtalforge.models.symmetry_proposer import ProposerConfig, SymmetryProposer
+    from xtalforge.training.train import initialise
+
+    cfg = ProposerConfig(hidden=16, layers=1, heads=2)
+    torch.manual_seed(0)
+    source = SymmetryProposer(cfg)
+    source.save(tmp_path / "proposer.pt")
+    torch.manual_seed(1)
+    target = SymmetryProposer(cfg)
+    initialise(target, str(tmp_path / "proposer.pt"), "cpu")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key

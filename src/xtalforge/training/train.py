@@ -62,6 +62,8 @@ class TrainConfig:
             tokens) or ``cdvae`` (the VAE with a score decoder, ``models/cdvae``; its property head learns the
             energy column).
         energy_column: DAO-P label column (eV/atom); empty = the benchmarks' ``energy_column``.
+        cdvae_config: CDVAE only: :class:`~xtalforge.models.cdvae.CDVAEConfig` fields to change, as
+            ``name=value`` pairs joined by commas (e.g. ``cost_composition=10``).
     """
 
     data: str = "mp_20_biternary"
@@ -90,6 +92,7 @@ class TrainConfig:
     device: str = "cpu"
     model: str = "dao-g"
     energy_column: str = ""
+    cdvae_config: str = ""
 
     def model_config(self) -> CrysformerConfig:
         return CrysformerConfig(hidden=self.hidden, layers=self.layers, heads=self.heads, n_freq=self.n_freq)
@@ -162,7 +165,7 @@ def build_model(cfg: TrainConfig, data, meta: dict) -> torch.nn.Module:
     if cfg.model == "cdvae":
         from xtalforge.models.cdvae import CDVAE
 
-        return CDVAE.for_data(data, cfg.model_config(), meta, energy_column(cfg))
+        return CDVAE.for_data(data, cfg.model_config(), meta, energy_column(cfg), cdvae_overrides(cfg.cdvae_config))
     if cfg.model == "symmetry-proposer":
         from xtalforge.models.symmetry_proposer import ProposerConfig, SymmetryProposer
 
@@ -171,16 +174,33 @@ def build_model(cfg: TrainConfig, data, meta: dict) -> torch.nn.Module:
                          "symmetry-proposer or cdvae)")
 
 
+def cdvae_overrides(text: str) -> dict[str, float]:
+    """``"cost_composition=10,beta_kl=0.005"`` -> CDVAEConfig field values (one clear error for a wrong name)."""
+    from xtalforge.models.cdvae import CDVAEConfig
+
+    kinds = {f.name: f.type for f in fields(CDVAEConfig)}
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in kinds:
+            raise XtalforgeError(f"--cdvae_config: '{item}' is not NAME=VALUE with NAME one of {', '.join(kinds)}")
+        try:
+            out[name.strip()] = (int if kinds[name.strip()] in (int, "int") else float)(value)
+        except ValueError:
+            raise XtalforgeError(f"--cdvae_config: '{item}' has no number after '='") from None
+    return out
+
+
 def initialise(model: torch.nn.Module, init_from: str, device: str) -> None:
-    """Fine-tuning start: the weights of a checkpoint of the same model, or (Wyckoff flow) a DAO-G backbone."""
-    if hasattr(model, "load_backbone"):
-        ckpt = torch.load(shipped_or_path(init_from), map_location=device, weights_only=False)
-        if ckpt.get("format") == model.checkpoint()["format"]:
-            model.load_state_dict(ckpt["state_dict"])
-        else:
-            model.load_backbone(init_from)
-        return
-    model.load_state_dict(DAOG.load(init_from, device).state_dict())
+    """Fine-tuning start: a checkpoint of the same kind of model (all its weights), else a DAO-G checkpoint: its
+    backbone (Wyckoff flow, CDVAE) or all of it (DAO-P)."""
+    ckpt = torch.load(shipped_or_path(init_from), map_location=device, weights_only=False)
+    if ckpt.get("format") == model.checkpoint()["format"]:
+        model.load_state_dict(ckpt["state_dict"])
+    elif hasattr(model, "load_backbone"):
+        model.load_backbone(init_from)
+    else:
+        model.load_state_dict(DAOG.load(init_from, device).state_dict())
 
 
 def shipped_or_path(name: str) -> Path:
@@ -379,6 +399,7 @@ FIELD_HELP = {
     "model": "dao-g (diffusion), dao-g-flow (flow matching), dao-p (+ energy head), wyckoff-flow (symmetry), "
              "symmetry-proposer or cdvae (VAE + score decoder)",
     "energy_column": "DAO-P / CDVAE property label column (default: the benchmark's)",
+    "cdvae_config": "CDVAE settings to change, e.g. cost_composition=10,beta_kl=0.005",
 }
 
 

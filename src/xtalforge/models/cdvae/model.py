@@ -252,13 +252,14 @@ class CDVAE(nn.Module):
 
     @classmethod
     def for_data(cls, data, backbone: CrysformerConfig, meta: dict, property_column: str | None,
-                 cfg: CDVAEConfig | None = None) -> CDVAE:
-        """A new model whose normalisation comes from the training crystals (a CrystalDataset)."""
+                 overrides: dict | None = None) -> CDVAE:
+        """A new model whose normalisation comes from the training crystals (a CrystalDataset); ``overrides``
+        changes :class:`CDVAEConfig` fields (``max_atoms`` defaults to the largest training cell)."""
         lat = torch.as_tensor(data.lattices, dtype=torch.float64)
         feats = lattice_features(lat, torch.as_tensor(data.num_atoms)).numpy()
         values = data.meta[property_column].to_numpy(dtype=float) if property_column else np.zeros(1)
         stats = {"lattice_mean": feats.mean(0).tolist(), "lattice_std": np.maximum(feats.std(0), 1e-3).tolist(),
                  "property_mean": float(np.nanmean(values)), "property_std": float(max(np.nanstd(values), 1e-3)),
                  "property": property_column}
-        cfg = cfg or CDVAEConfig(max_atoms=int(data.num_atoms.max()))
+        cfg = CDVAEConfig(**{"max_atoms": int(data.num_atoms.max()), **(overrides or {})})
         return cls(backbone, cfg, stats, meta)

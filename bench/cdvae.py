@@ -8,7 +8,7 @@ Reconstruction: each test crystal (a random sample with ``--seed``) is encoded (
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(...) is not None`` (the protocol), RMSE over the
 matched ones. De novo: ``xtalforge generate`` into ``runs/cdvae_bench/``, then ``xtalforge evaluate-generation``.
 CPU time is process time (user + system) on ``--threads``. Every run is merged into ``bench/results/cdvae.json``
-(keyed by task, data, sampler and size), which also holds the table; tuning runs go to another file (``--out``).
+(keyed by :func:`run_key`), which also holds the table; tuning runs go to another file (``--out``).
 
 Optimisation (the paper's protocol): ``xtalforge optimize`` from ``--n`` random test crystals, 5,000 Adam steps, 10
 decoded snapshots each; SR_p = share of paths whose best structurally valid snapshot has an independent
@@ -221,8 +221,8 @@ def main() -> None:
         print(optimisation_table([run]) if run["task"] == "optimize" else table([run]))
     # read the stored runs only now, so runs finished meanwhile by other invocations are kept
     keys = {run_key(r) for r in done}
-    out = args.out
-    runs = [r for r in (json.loads(out.read_text())["runs"] if out.is_file() else []) if run_key(r) not in keys]
+    stored = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    runs = [r for r in stored if run_key(r) not in keys]
     runs += done
     runs.sort(key=lambda r: tuple(str(v) for v in run_key(r)))
     doc = {"benchmark": "cdvae", "runs": runs, "table": table(runs),
@@ -230,7 +230,7 @@ def main() -> None:
            "published_reconstruction": PUBLISHED_RECON, "published_sr": PUBLISHED_SR,
            "match": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist is not None",
            "versions": package_versions(), "xtalforge": xtalforge.__version__, "machine": platform.platform()}
-    write_json(out, doc)
+    write_json(args.out, doc)
     print(doc["table"] + "\n\n" + doc["optimisation_table"])
 
 

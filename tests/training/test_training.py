@@ -85,7 +85,7 @@ def test_config_file_and_overrides(tmp_path):
     assert cfg.hidden == 64 and cfg.lr == 0.002 and cfg.pooled is True
 
 
-def test_cdvae_config_overrides_reach_the_model_and_bad_names_are_one_error():
+def test_cdvae_config_parses_typed_fields_and_bad_names_are_one_error():
     assert cdvae_overrides("cost_composition=10, latent=64") == {"cost_composition": 10.0, "latent": 64}
     assert isinstance(cdvae_overrides("latent=64")["latent"], int)
     assert cdvae_overrides("") == {}

@@ -178,14 +178,14 @@ def cdvae_overrides(text: str) -> dict[str, float]:
     """``"cost_composition=10,beta_kl=0.005"`` -> CDVAEConfig field values (one clear error for a wrong name)."""
     from xtalforge.models.cdvae import CDVAEConfig
 
-    kinds = {f.name: f.type for f in fields(CDVAEConfig)}
+    kinds = {f.name: f.type for f in fields(CDVAEConfig)}  # annotations are strings ("int", "float")
     out: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or name.strip() not in kinds:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in kinds:
             raise XtalforgeError(f"--cdvae_config: '{item}' is not NAME=VALUE with NAME one of {', '.join(kinds)}")
         try:
-            out[name.strip()] = (int if kinds[name.strip()] in (int, "int") else float)(value)
+            out[name] = (int if kinds[name] == "int" else float)(value)
         except ValueError:
             raise XtalforgeError(f"--cdvae_config: '{item}' has no number after '='") from None
     return out

@@ -65,18 +65,19 @@ def reconstruction(data: str, weights: str, limit: int, seed: int, sampler: str)
             "cpu_s_per_structure": cpu / len(rows), "wall_s": wall, "seed": seed}
 
 
-def denovo(data: str, weights: str, n: int, seed: int, sampler: str, workers: int) -> dict:
+def denovo(data: str, weights: str, n: int, seed: int, sampler: str, workers: int, latent: str = "prior") -> dict:
     from xtalforge.generation import evaluate_generation, generate_to_folder
 
-    folder = Path("runs/cdvae_bench") / f"{data}_{sampler}_n{n}_s{seed}"
+    folder = Path("runs/cdvae_bench") / f"{data}_{sampler}_n{n}_s{seed}{'' if latent == 'prior' else '_' + latent}"
     shutil.rmtree(folder, ignore_errors=True)  # generated afresh, so the timing is of this run
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    generate_to_folder(folder, data=data, weights=weights, n=n, seed=seed, sampler=sampler)
+    generate_to_folder(folder, data=data, weights=weights, n=n, seed=seed, sampler=sampler, latent=latent)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     t0 = time.perf_counter()
     metrics = evaluate_generation(folder, data, workers=workers, seed=seed, stability=True)
     return {"task": "denovo", "data": data, "sampler": sampler, "size": n, "weights": weights, "seed": seed,
-            "folder": str(folder), "cpu_s_per_structure_generation": cpu / n, "generation_wall_s": wall,
+            "latent": latent, "folder": str(folder), "cpu_s_per_structure_generation": cpu / n,
+            "generation_wall_s": wall,
             "metrics_wall_s": time.perf_counter() - t0, **{k: v for k, v in metrics.items() if k != "settings"},
             "metric_settings": metrics["settings"]}
 
@@ -175,7 +176,8 @@ def table(runs: list[dict]) -> str:
             lines.append(f"| reconstruction | {r['data']} | {r['sampler']} | {r['size']} | {f(r['match_rate'])} | "
                          f"{f(r['rmse'], 4)} | | | {f(r['cpu_s_per_structure'], 3)} |")
         else:
-            lines.append(f"| de novo | {r['data']} | {r['sampler']} | {r['size']} | {f(r['struct_valid'])}, "
+            sampler = r["sampler"] + ("" if r.get("latent", "prior") == "prior" else f", {r['latent']} latents")
+            lines.append(f"| de novo | {r['data']} | {sampler} | {r['size']} | {f(r['struct_valid'])}, "
                          f"{f(r['comp_valid'])} | {f(r['cov_recall'])}, {f(r['cov_precision'])} | "
                          f"{f(r['wdist_density'], 3)}, {f(r['wdist_formation_energy'], 3)}, "
                          f"{f(r['wdist_num_elems'], 3)} | {f(r['unique'], 1)}, {f(r['novel'], 1)}, "
@@ -185,9 +187,11 @@ def table(runs: list[dict]) -> str:
 
 def run_key(run: dict) -> tuple:
     """What identifies a run in the JSON: task, data, sampler, size, weights and seed (an optimisation also by its
-    prior weight)."""
+    prior weight, a de novo run by its latent source)."""
     key = (run["task"], run["data"], run["sampler"], run["size"], run.get("weights", run["data"]), run["seed"])
-    return key + (run.get("prior_weight", 0.0),) if run["task"] == "optimize" else key
+    if run["task"] == "optimize":
+        return key + (run.get("prior_weight", 0.0),)
+    return key + (run.get("latent", "prior"),) if run["task"] == "denovo" else key
 
 
 def main() -> None:
@@ -199,6 +203,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None,
                         help="de novo: structures generated (default 1000); optimize: starting crystals (default 100)")
     parser.add_argument("--samplers", default="fast")
+    parser.add_argument("--latent", default="prior", choices=["prior", "mixture"], help="de novo: latent source")
     parser.add_argument("--prior-weight", type=float, default=0.0, help="optimize: weight of the latent prior term")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -215,7 +220,7 @@ def main() -> None:
         elif args.task == "optimize":
             run = optimisation(args.data, weights, args.n or 100, args.seed, sampler, args.prior_weight)
         else:
-            run = denovo(args.data, weights, args.n or 1000, args.seed, sampler, args.workers)
+            run = denovo(args.data, weights, args.n or 1000, args.seed, sampler, args.workers, args.latent)
         run["threads"] = args.threads
         done.append(run)
         print(optimisation_table([run]) if run["task"] == "optimize" else table([run]))

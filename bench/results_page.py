@@ -387,7 +387,9 @@ def cdvae(prefix: str) -> str:
                       "(all distances >= 0.5 A; SMACT), COV with CDVAE's cut-offs and this project's composition "
                       "fingerprint (not on CDVAE's scale, evaluation/fingerprints.py), Wasserstein distances of "
                       "density, DAO-P formation energy and number of elements; unique / novel by StructureMatcher "
-                      "(pymatgen defaults); > P1 at spglib 0.1 A. CPU-s per structure on one thread. "
+                      "(pymatgen defaults); > P1 at spglib 0.1 A. Latents from N(0, I) unless the sampler says "
+                      "mixture latents (`--latent mixture`: the Gaussian mixture of the training crystals' "
+                      "latents). CPU-s per structure on one thread. "
                       f"From {link(name, prefix)}.", "",
                       "Latent property optimisation (`xtalforge optimize`, the paper's protocol: random test "
                       "crystals, 5,000 Adam steps, 10 decoded snapshots): SR_p = share of starts whose best valid "

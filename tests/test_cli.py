@@ -29,6 +29,7 @@ from xtalforge.ranking import GENERATOR_POOL
         (["property", "NaCl", "--property", "colour"], "unknown property"),
         (["generate", "--data", "no_such_set"], "unknown benchmark 'no_such_set'"),
         (["generate", "--data", "perov_5", "--weights", "no_such"], "no CDVAE weights 'no_such'"),
+        (["generate", "--data", "carbon_24", "--latent", "mixture"], "carry no latent mixture"),
         (["evaluate-generation", "no_folder", "--reference", "perov_5"], "holds no finished generation run"),
         (["optimize", "--data", "perov_5", "--property", "band_gap"], "optimise heat_ref, not 'band_gap'"),
         (["optimize", "missing.cif"], "missing.cif"),

@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=100, help="number of structures (default 100)")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax each structure with CHGNet")
     p.add_argument("--batch", type=positive_int, default=250, help="structures per resumable batch (default 250)")
+    p.add_argument("--latent", default="auto", choices=["auto", "prior", "mixture"],
+                   help="latents from N(0, I) (prior, the paper's) or from the Gaussian mixture of the training "
+                   "crystals' latents (closer to the data); auto (default): the mixture if the weights carry one")
     _add_cdvae(p, "generate")
 
     p = sub.add_parser("evaluate-generation", help="de novo metrics of a generate run against a benchmark",
@@ -433,7 +436,7 @@ def cmd_generate(args) -> int:
 
         table = generate_to_folder(out, model=args.model, data=args.data, n=args.n, seed=args.seed,
                                    sampler=args.sampler, weights=args.weights, relax=args.relax, device=args.device,
-                                   batch_size=args.batch, progress=progress)
+                                   batch_size=args.batch, progress=progress, latent=args.latent)
     import pandas as pd
 
     frame = pd.read_csv(table)

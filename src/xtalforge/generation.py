@@ -54,13 +54,14 @@ def load_generator(model: str = "cdvae", data: str = "mp_20_biternary", weights:
 
 def generate(model: str = "cdvae", data: str = "mp_20_biternary", n: int = 100, seed: int = 0,
              sampler: str | None = None, weights: str | None = None, device: str = "cpu",
-             batch_size: int = BATCH) -> list[Crystal]:
-    """``n`` new crystals from the model trained on benchmark ``data`` (see :func:`load_generator`)."""
+             batch_size: int = BATCH, latent: str = "auto") -> list[Crystal]:
+    """``n`` new crystals from the model trained on benchmark ``data`` (see :func:`load_generator`); ``latent``:
+    see :data:`~xtalforge.models.cdvae.sampler.LATENTS`."""
     from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, sample
 
     _check_n(n)
     net = load_generator(model, data, weights, device)
-    return sample(net, n, seed, sampler or DEFAULT_SAMPLER, batch_size)
+    return sample(net, n, seed, sampler or DEFAULT_SAMPLER, batch_size, latent=latent)
 
 
 def describe(crystals: list[Crystal]) -> list[dict]:
@@ -80,22 +81,25 @@ def describe(crystals: list[Crystal]) -> list[dict]:
 def generate_to_folder(out: str | os.PathLike, model: str = "cdvae", data: str = "mp_20_biternary", n: int = 1000,
                        seed: int = 0, sampler: str | None = None, weights: str | None = None,
                        relax: str = "none", device: str = "cpu", batch_size: int = BATCH,
-                       progress: Callable[[int, int], None] | None = None) -> Path:
+                       progress: Callable[[int, int], None] | None = None, latent: str = "auto") -> Path:
     """Generate ``n`` crystals into ``out``: ``structures/NNNNN.cif``, ``generated.csv`` and ``run.json``.
 
     Rerunning with the same settings resumes (finished batches are kept); a folder written with other settings, or
     holding other files, is refused. ``relax="chgnet"`` relaxes each crystal before it is written.
-    ``progress(done, n)`` is called after every batch. Returns the path of ``generated.csv``.
+    ``progress(done, n)`` is called after every batch; ``latent``: see
+    :data:`~xtalforge.models.cdvae.sampler.LATENTS`. Returns the path of ``generated.csv``.
     """
     import xtalforge
-    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, sample_batch
+    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, latent_source, sample_batch
 
     _check_n(n)
     if relax not in ("none", "chgnet"):
         raise XtalforgeError(f"unknown relaxation '{relax}' (choose none or chgnet)")
     net = load_generator(model, data, weights, device)
+    latent = latent_source(net, latent)  # recorded as what was drawn; a wrong name fails before any file is written
     sampler = sampler or DEFAULT_SAMPLER
     settings = {"model": model, "data": data, "n": n, "seed": seed, "sampler": sampler, "relax": relax,
+                "latent": latent,
                 "batch_size": batch_size, "weights": weights or data,
                 "weights_meta": {k: net.meta.get(k) for k in ("data", "n_train", "train_steps")}}
     out = Path(out)
@@ -106,7 +110,7 @@ def generate_to_folder(out: str | os.PathLike, model: str = "cdvae", data: str =
 
     def make_batch(b: int) -> list[tuple[Crystal, dict]]:
         size = min(batch_size, n - b * batch_size)
-        crystals = sample_batch(net, size, seed, b, sampler)
+        crystals = sample_batch(net, size, seed, b, sampler, latent)
         if relax == "chgnet":
             crystals = _relaxed(crystals)
         rows = describe(crystals)

@@ -15,7 +15,14 @@ from xtalforge.evaluation.denovo import share_above_p1, uniqueness_novelty
 from xtalforge.evaluation.matching import lattice_from_parameters
 from xtalforge.models.cdvae import CDVAE, reconstruct, sample
 from xtalforge.models.cdvae.model import lattice_features
-from xtalforge.models.cdvae.sampler import composition_counts, decode_stats, sample_batch
+from xtalforge.models.cdvae.sampler import (
+    composition_counts,
+    decode_stats,
+    draw_latents,
+    encode,
+    fit_latent_mixture,
+    sample_batch,
+)
 
 TINY = CrysformerConfig(hidden=16, layers=1, heads=2, n_freq=2, time_dim=8)
 
@@ -108,6 +115,28 @@ def test_samplers_make_their_named_number_of_decoder_calls(model, monkeypatch, o
         assert len(calls) == per_level * model.cfg.n_sigmas and len(crystals) == 2
     with pytest.raises(XtalforgeError, match="unknown CDVAE sampler 'slow'"):
         decode(model, z, "slow")
+
+
+def test_latent_mixture_draws_near_the_training_latents_and_survives_saving(model, data, tmp_path, one_thread):
+    with pytest.raises(XtalforgeError, match="carry no latent mixture"):
+        draw_latents(model, 3, torch.Generator(), "mixture")
+    with pytest.raises(XtalforgeError, match="unknown latent source 'posterior'"):
+        draw_latents(model, 3, torch.Generator(), "posterior")
+    torch.testing.assert_close(draw_latents(model, 3, torch.Generator().manual_seed(1)),  # auto: the prior here
+                               torch.randn(3, model.cfg.latent, generator=torch.Generator().manual_seed(1)))
+    crystals = list(data) * 10  # 20 latents, two distinct: the mixture must sit on them
+    mix = fit_latent_mixture(model, crystals, components=2)
+    assert mix["means"].shape == (2, model.cfg.latent) and mix["cholesky"].shape == (2, 8, 8)
+    mu = encode(model, data)
+    z = draw_latents(model, 200, torch.Generator().manual_seed(0), "mixture")
+    nearest = torch.cdist(z, mu).min(1).values
+    prior = torch.cdist(draw_latents(model, 200, torch.Generator().manual_seed(0), "prior"), mu).min(1).values
+    assert nearest.median() < 0.2 * prior.median()
+    model.save(tmp_path / "m.pt")
+    again = draw_latents(CDVAE.load(tmp_path / "m.pt"), 200, torch.Generator().manual_seed(0), "mixture")
+    torch.testing.assert_close(again, z)
+    torch.testing.assert_close(draw_latents(model, 200, torch.Generator().manual_seed(0)), z)  # auto: the mixture
+    assert len(sample_batch(model, 4, seed=0, index=0, latent="mixture")) == 4
 
 
 def test_save_load_round_trip_and_reconstruction(model, data, tmp_path):

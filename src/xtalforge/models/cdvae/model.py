@@ -112,6 +112,10 @@ class CDVAE(nn.Module):
         stats = stats or {"lattice_mean": [1.0] * 3 + [90.0] * 3, "lattice_std": [1.0] * 6, "property_mean": 0.0,
                           "property_std": 1.0, "property": None}
         self.stats = stats
+        #: optional Gaussian mixture fitted to the training crystals' posterior means (see
+        #: :func:`~xtalforge.models.cdvae.sampler.fit_latent_mixture`): {"weights" (K,), "means" (K, D),
+        #: "cholesky" (K, D, D)}, CPU float32 tensors
+        self.latent_mixture: dict | None = None
         h, d = backbone.hidden, cfg.latent
         self.encoder = Crysformer(backbone)
         self.to_latent = nn.Linear(h, 2 * d)
@@ -220,7 +224,8 @@ class CDVAE(nn.Module):
     # ------------------------------------------------------------------ persistence
     def checkpoint(self) -> dict:
         return {"format": FORMAT, "backbone": self.backbone_cfg.to_dict(), "config": asdict(self.cfg),
-                "stats": self.stats, "meta": self.meta, "state_dict": self.state_dict()}
+                "stats": self.stats, "meta": self.meta, "state_dict": self.state_dict(),
+                "latent_mixture": self.latent_mixture}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write weights + config atomically."""
@@ -236,6 +241,7 @@ class CDVAE(nn.Module):
         model = cls(CrysformerConfig(**ckpt["backbone"]), CDVAEConfig(**ckpt["config"]), ckpt["stats"],
                     ckpt.get("meta"))
         model.load_state_dict(ckpt["state_dict"])
+        model.latent_mixture = ckpt.get("latent_mixture")
         return model.to(torch_device(device)).eval()
 
     def load_backbone(self, path_or_name: str | os.PathLike) -> None:

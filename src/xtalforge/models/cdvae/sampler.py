@@ -25,6 +25,11 @@ from xtalforge.models.cdvae.model import CDVAE
 SAMPLERS: dict[str, tuple[int, float, bool]] = {"faithful": (100, 1.0, True), "medium": (10, 1.0, True),
                                                 "fast": (1, 0.5, True)}
 DEFAULT_SAMPLER = "fast"
+#: where de novo latents come from: ``prior`` is z ~ N(0, I) (the paper); ``mixture`` is the Gaussian mixture fitted
+#: to the training crystals' posterior means (ex-post density estimation), which the weights must carry; ``auto`` is
+#: the mixture when the weights carry one (it measured closer to the data on MP-20, docs/results.md), else the prior
+LATENTS = ("auto", "prior", "mixture")
+DEFAULT_LATENT = "auto"
 
 
 def composition_counts(probs: torch.Tensor, num_atoms: torch.Tensor) -> torch.Tensor:
@@ -97,22 +102,64 @@ def decode(model: CDVAE, z: torch.Tensor, sampler: str = DEFAULT_SAMPLER, genera
     return annealed_langevin(model, z, start, steps, scale, generator, update_types, callback).crystals()
 
 
-def sample_batch(model: CDVAE, size: int, seed: int, index: int, sampler: str = DEFAULT_SAMPLER) -> list[Crystal]:
-    """Batch ``index`` of a seeded run: ``size`` crystals from ``z ~ N(0, I)`` drawn with the seed (seed, index), so
-    any batch can be (re)made on its own."""
+def fit_latent_mixture(model: CDVAE, crystals: Sequence[Crystal] | CrystalDataset, components: int = 20,
+                       seed: int = 0) -> dict:
+    """Fit a full-covariance Gaussian mixture (scikit-learn) to the posterior means of ``crystals`` (the training
+    set) and attach it to ``model`` as ``latent_mixture``. The aggregate posterior of a VAE trained with a small KL
+    weight is much narrower than N(0, I) (MP-20: median per-dimension std 0.14), so prior samples decode off the
+    data; sampling this mixture instead is ex-post density estimation (Ghosh et al. 2020)."""
+    from sklearn.mixture import GaussianMixture
+
+    mu = encode(model, crystals).cpu().double().numpy()
+    gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(mu)
+    model.latent_mixture = {"weights": torch.as_tensor(gmm.weights_, dtype=torch.float32),
+                            "means": torch.as_tensor(gmm.means_, dtype=torch.float32),
+                            "cholesky": torch.linalg.cholesky(torch.as_tensor(gmm.covariances_)).float(),
+                            "fitted_on": len(mu), "components": components}
+    return model.latent_mixture
+
+
+def latent_source(model: CDVAE, latent: str = DEFAULT_LATENT) -> str:
+    """``prior`` or ``mixture``: what ``latent`` (one of :data:`LATENTS`) means for these weights."""
+    from xtalforge.errors import XtalforgeError
+
+    if latent not in LATENTS:
+        raise XtalforgeError(f"unknown latent source '{latent}' (choose from {', '.join(LATENTS)})")
+    if latent == "auto":
+        return "prior" if model.latent_mixture is None else "mixture"
+    if latent == "mixture" and model.latent_mixture is None:
+        raise XtalforgeError("these CDVAE weights carry no latent mixture: use --latent prior")
+    return latent
+
+
+def draw_latents(model: CDVAE, size: int, generator: torch.Generator, latent: str = DEFAULT_LATENT) -> torch.Tensor:
+    """(size, D) latents from the prior or from the weights' latent mixture (see :data:`LATENTS`), on the CPU."""
+    latent = latent_source(model, latent)
+    eps = torch.randn((size, model.cfg.latent), generator=generator)
+    if latent == "prior":
+        return eps
+    mix = model.latent_mixture
+    k = torch.multinomial(mix["weights"], size, replacement=True, generator=generator)
+    return mix["means"][k] + (mix["cholesky"][k] @ eps[..., None]).squeeze(-1)
+
+
+def sample_batch(model: CDVAE, size: int, seed: int, index: int, sampler: str = DEFAULT_SAMPLER,
+                 latent: str = DEFAULT_LATENT) -> list[Crystal]:
+    """Batch ``index`` of a seeded run: ``size`` crystals from latents drawn (:func:`draw_latents`) with the seed
+    (seed, index), so any batch can be (re)made on its own."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     device = next(model.parameters()).device
-    z = torch.randn((size, model.cfg.latent), generator=gen).to(device)
+    z = draw_latents(model, size, gen, latent).to(device)
     return decode(model, z, sampler, gen)
 
 
 def sample(model: CDVAE, n: int, seed: int = 0, sampler: str = DEFAULT_SAMPLER, batch_size: int = 250,
-           progress: Callable[[int], None] | None = None) -> list[Crystal]:
+           progress: Callable[[int], None] | None = None, latent: str = DEFAULT_LATENT) -> list[Crystal]:
     """``n`` de novo crystals (batches of :func:`sample_batch`); the same seed and batch size give the same crystals.
     ``progress(k)`` is called with the number finished after every batch."""
     out: list[Crystal] = []
     for b, start in enumerate(range(0, n, batch_size)):
-        out += sample_batch(model, min(batch_size, n - start), seed, b, sampler)
+        out += sample_batch(model, min(batch_size, n - start), seed, b, sampler, latent)
         if progress is not None:
             progress(len(out))
     return out

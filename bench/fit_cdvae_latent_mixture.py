@@ -2,22 +2,22 @@
 
     python bench/fit_cdvae_latent_mixture.py --weights src/xtalforge/weights/cdvae_mp_20_biternary.pt
 
-The mixture is fitted to the posterior means of the crystals the weights were trained on (their ``meta``: pooled or
-own val split, cut to the model's ``max_atoms``) or, with ``--pooled no``, of the benchmark's own val split, whose
+The mixture is fitted to the posterior means of the crystals the weights were trained on (rebuilt from the training
+configuration they record, as training built them) or, with ``--pooled no``, of the benchmark's own val split, whose
 crystals are the kind the samples are compared with; network weights are left as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
-import numpy as np
 import torch
 
-from xtalforge.data.protocol import training_set
 from xtalforge.models.cdvae import CDVAE
 from xtalforge.models.cdvae.sampler import fit_latent_mixture
+from xtalforge.training.train import TrainConfig, load_training_data
 
 
 def main() -> None:
@@ -31,13 +31,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = CDVAE.load(args.weights)
-    pooled = "pooled" in str(model.meta.get("source", "")) or bool(model.meta.get("train_config", {}).get("pooled"))
-    pooled = pooled if args.pooled is None else args.pooled == "yes"
-    data = training_set(model.meta["data"], pooled=pooled)
-    data = data.subset(np.flatnonzero(data.num_atoms <= model.cfg.max_atoms))
+    cfg = TrainConfig(**model.meta["train_config"])
+    if args.pooled is not None:
+        cfg = dataclasses.replace(cfg, pooled=args.pooled == "yes")
+    data, _ = load_training_data(cfg)
     t0 = time.perf_counter()
     mix = fit_latent_mixture(model, data, args.components, args.seed)
-    mix["data"] = f"training_set({model.meta['data']!r}, pooled={pooled}), <= {model.cfg.max_atoms} atoms"
+    mix["data"] = f"{data.source}, <= {cfg.max_atoms} atoms"
     model.save(args.weights)
     print(f"{args.weights}: {args.components}-component mixture on {len(data)} posterior means "
           f"({time.perf_counter() - t0:.0f} s)")

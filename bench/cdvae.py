@@ -7,8 +7,9 @@
 Reconstruction: each test crystal (a random sample with ``--seed``) is encoded (posterior mean) and decoded; match =
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist(...) is not None`` (the protocol), RMSE over the
 matched ones. De novo: ``xtalforge generate`` into ``runs/cdvae_bench/``, then ``xtalforge evaluate-generation``.
-CPU time is process time (user + system) on ``--threads``. Every run is merged into ``bench/results/cdvae.json``
-(keyed by :func:`run_key`), which also holds the table; tuning runs go to another file (``--out``).
+CPU time is process time (user + system, generation workers included) on ``--threads``. Every run is merged into
+``bench/results/cdvae.json`` (keyed by :func:`run_key`), which also holds the table; tuning runs go to another file
+(``--out``).
 
 Optimisation (the paper's protocol): ``xtalforge optimize`` from ``--n`` random test crystals, 5,000 Adam steps, 10
 decoded snapshots each; SR_p = share of paths whose best structurally valid snapshot has an independent
@@ -42,6 +43,14 @@ PUBLISHED_SR = {"cdvae": {"perov_5": [0.52, 0.65, 0.79], "mp_20": [0.78, 0.86, 0
                 "diffcsp": {"perov_5": [1.00, 1.00, 1.00], "mp_20": [0.82, 0.98, 1.00]}}  # SR5 / SR10 / SR15
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished child processes (generation workers)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def reconstruction(data: str, weights: str, limit: int, seed: int, sampler: str) -> dict:
     model = CDVAE.load(weights)
     test = load_split(data, "test")
@@ -65,18 +74,24 @@ def reconstruction(data: str, weights: str, limit: int, seed: int, sampler: str)
             "cpu_s_per_structure": cpu / len(rows), "wall_s": wall, "seed": seed}
 
 
-def denovo(data: str, weights: str, n: int, seed: int, sampler: str, workers: int, latent: str = "prior") -> dict:
+def denovo(data: str, weights: str, n: int, seed: int, sampler: str, workers: int, latent: str = "prior",
+           metrics_only: bool = False) -> dict:
+    """``metrics_only``: keep the finished generation folder of an earlier run (its timing is then not measured)."""
     from xtalforge.generation import evaluate_generation, generate_to_folder
 
     folder = Path("runs/cdvae_bench") / f"{data}_{sampler}_n{n}_s{seed}{'' if latent == 'prior' else '_' + latent}"
-    shutil.rmtree(folder, ignore_errors=True)  # generated afresh, so the timing is of this run
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    generate_to_folder(folder, data=data, weights=weights, n=n, seed=seed, sampler=sampler, latent=latent)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    cpu = wall = None
+    if not metrics_only:
+        shutil.rmtree(folder, ignore_errors=True)  # generated afresh, so the timing is of this run
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        generate_to_folder(folder, data=data, weights=weights, n=n, seed=seed, sampler=sampler, latent=latent,
+                           workers=workers)
+        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
     t0 = time.perf_counter()
     metrics = evaluate_generation(folder, data, workers=workers, seed=seed, stability=True)
     return {"task": "denovo", "data": data, "sampler": sampler, "size": n, "weights": weights, "seed": seed,
-            "latent": latent, "folder": str(folder), "cpu_s_per_structure_generation": cpu / n,
+            "latent": latent, "workers": workers, "folder": str(folder),
+            "cpu_s_per_structure_generation": None if cpu is None else cpu / n,
             "generation_wall_s": wall,
             "metrics_wall_s": time.perf_counter() - t0, **{k: v for k, v in metrics.items() if k != "settings"},
             "metric_settings": metrics["settings"]}
@@ -208,6 +223,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="de novo: evaluate the finished folder of an earlier run instead of generating afresh")
     parser.add_argument("--out", type=Path, default=OUT,
                         help="JSON the runs are merged into (tuning runs: bench/results/cdvae_tuning.json)")
     args = parser.parse_args()
@@ -220,7 +237,8 @@ def main() -> None:
         elif args.task == "optimize":
             run = optimisation(args.data, weights, args.n or 100, args.seed, sampler, args.prior_weight)
         else:
-            run = denovo(args.data, weights, args.n or 1000, args.seed, sampler, args.workers, args.latent)
+            run = denovo(args.data, weights, args.n or 1000, args.seed, sampler, args.workers, args.latent,
+                         args.metrics_only)
         run["threads"] = args.threads
         done.append(run)
         print(optimisation_table([run]) if run["task"] == "optimize" else table([run]))

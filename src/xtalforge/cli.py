@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=100, help="number of structures (default 100)")
     p.add_argument("--relax", default="none", choices=["none", "chgnet"], help="relax each structure with CHGNet")
     p.add_argument("--batch", type=positive_int, default=250, help="structures per resumable batch (default 250)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes making batches, one torch thread each (default 1; the structures do not change)")
     p.add_argument("--latent", default="auto", choices=["auto", "prior", "mixture"],
                    help="latents from N(0, I) (prior, the paper's) or from the Gaussian mixture of the training "
                    "crystals' latents (closer to the data); auto (default): the mixture if the weights carry one")
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="the --out folder of `xtalforge generate`")
     p.add_argument("--reference", required=True, help="benchmark: test split for the metrics, its training split "
                    "for novelty")
-    p.add_argument("--workers", type=positive_int, default=1, help="processes for the fingerprints (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes for the fingerprints, matching and CHGNet (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the 1,000 valid samples behind the distances")
     p.add_argument("--stability", action="store_true",
                    help="also the CHGNet stability proxy (within 0.1 eV/atom of the lowest found per formula)")
@@ -436,7 +439,8 @@ def cmd_generate(args) -> int:
 
         table = generate_to_folder(out, model=args.model, data=args.data, n=args.n, seed=args.seed,
                                    sampler=args.sampler, weights=args.weights, relax=args.relax, device=args.device,
-                                   batch_size=args.batch, progress=progress, latent=args.latent)
+                                   batch_size=args.batch, progress=progress, latent=args.latent,
+                                   workers=args.workers)
     import pandas as pd
 
     frame = pd.read_csv(table)

@@ -1,5 +1,5 @@
 """Torch device names, checked once with a clear error (a CUDA request on a CPU-only build fails here, not inside
-``torch.load``)."""
+``torch.load``), and the process pool torch work is spread over on CPU."""
 
 from __future__ import annotations
 
@@ -31,3 +31,19 @@ def torch_device(device):
             raise XtalforgeError(f"device '{device}' is not available on this machine (torch {torch.__version__}); "
                                  "use --device cpu") from None
     return dev
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def torch_process_pool(workers: int):
+    """A ``ProcessPoolExecutor`` of ``workers`` processes for torch work, one torch thread each (so that they share
+    the cores instead of oversubscribing them). Spawned, not forked: a forked child inherits the parent's torch
+    thread pool and can hang in it. Work sent to it must be picklable (module-level functions)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_torch_thread)

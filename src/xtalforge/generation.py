@@ -14,6 +14,8 @@ the formation energy per atom predicted by the shipped DAO-P head (trained on MP
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -81,16 +83,19 @@ def describe(crystals: list[Crystal]) -> list[dict]:
 def generate_to_folder(out: str | os.PathLike, model: str = "cdvae", data: str = "mp_20_biternary", n: int = 1000,
                        seed: int = 0, sampler: str | None = None, weights: str | None = None,
                        relax: str = "none", device: str = "cpu", batch_size: int = BATCH,
-                       progress: Callable[[int, int], None] | None = None, latent: str = "auto") -> Path:
+                       progress: Callable[[int, int], None] | None = None, latent: str = "auto",
+                       workers: int = 1) -> Path:
     """Generate ``n`` crystals into ``out``: ``structures/NNNNN.cif``, ``generated.csv`` and ``run.json``.
 
     Rerunning with the same settings resumes (finished batches are kept); a folder written with other settings, or
     holding other files, is refused. ``relax="chgnet"`` relaxes each crystal before it is written.
     ``progress(done, n)`` is called after every batch; ``latent``: see
-    :data:`~xtalforge.models.cdvae.sampler.LATENTS`. Returns the path of ``generated.csv``.
+    :data:`~xtalforge.models.cdvae.sampler.LATENTS`. ``workers`` > 1: that many processes of one torch thread make
+    the batches (each batch is seeded on its own, so the crystals do not depend on ``workers``). Returns the path of
+    ``generated.csv``.
     """
     import xtalforge
-    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, latent_source, sample_batch
+    from xtalforge.models.cdvae.sampler import DEFAULT_SAMPLER, latent_source
 
     _check_n(n)
     if relax not in ("none", "chgnet"):
@@ -107,42 +112,68 @@ def generate_to_folder(out: str | os.PathLike, model: str = "cdvae", data: str =
     atomic_write_text(out / "run.json", json.dumps({"settings": settings, "xtalforge": xtalforge.__version__,
                                                     "symprec": SYMPREC}, indent=2))
     n_batches = (n + batch_size - 1) // batch_size
-
-    def make_batch(b: int) -> list[tuple[Crystal, dict]]:
-        size = min(batch_size, n - b * batch_size)
-        crystals = sample_batch(net, size, seed, b, sampler, latent)
-        if relax == "chgnet":
-            crystals = _relaxed(crystals)
-        rows = describe(crystals)
-        for k, row in enumerate(rows):
-            index = b * batch_size + k
-            row.update(index=index, file=f"structures/{index:05d}.cif")
-        return list(zip(crystals, rows))
+    spec = {**settings, "device": device}
+    _GENERATORS[_generator_key(spec)] = net  # the calling process reuses the model it loaded
 
     def done(b: int) -> None:
         if progress is not None:
             progress(min(n, (b + 1) * batch_size), n)
 
-    rows = _write_batches(out, n_batches, make_batch, done)
+    rows = _write_batches(out, n_batches, functools.partial(_generated_batch, spec), done, workers)
     return _write_table(out / "generated.csv", rows, TABLE_COLUMNS)
 
 
+#: generative models loaded in this process, by :func:`_generator_key` (a worker process loads its own once)
+_GENERATORS: dict[tuple, object] = {}
+
+
+def _generator_key(spec: dict) -> tuple:
+    return spec["model"], spec["data"], spec["weights"], spec["device"]
+
+
+def _generated_batch(spec: dict, b: int) -> list[tuple[Crystal, dict]]:
+    """Batch ``b`` of the :func:`generate_to_folder` run with settings ``spec``: (crystal, table row) pairs."""
+    from xtalforge.models.cdvae.sampler import sample_batch
+
+    key = _generator_key(spec)
+    if key not in _GENERATORS:
+        _GENERATORS[key] = load_generator(*key)
+    size = min(spec["batch_size"], spec["n"] - b * spec["batch_size"])
+    crystals = sample_batch(_GENERATORS[key], size, spec["seed"], b, spec["sampler"], spec["latent"])
+    if spec["relax"] == "chgnet":
+        crystals = _relaxed(crystals)
+    rows = describe(crystals)
+    for k, row in enumerate(rows):
+        index = b * spec["batch_size"] + k
+        row.update(index=index, file=f"structures/{index:05d}.cif")
+    return list(zip(crystals, rows))
+
+
 def _write_batches(out: Path, n_batches: int, make_batch: Callable[[int], list[tuple[Crystal, dict]]],
-                   done: Callable[[int], None]) -> list[dict]:
+                   done: Callable[[int], None], workers: int = 1) -> list[dict]:
     """Run the batches not yet finished in ``out`` (``make_batch(b)`` -> (crystal, row with its ``file``) pairs),
-    writing each crystal's CIF and then the batch's table part, whose presence marks the batch finished. Returns the
-    rows of every batch in order."""
+    writing each crystal's CIF and then the batch's table part, whose presence marks the batch finished. With
+    ``workers`` > 1 (``make_batch`` picklable), that many processes make the batches. Returns the rows of every
+    batch in order."""
     parts = out / "batches"
     parts.mkdir(exist_ok=True)
     (out / "structures").mkdir(exist_ok=True)
-    for b in range(n_batches):
-        part = parts / f"{b:05d}.jsonl"
-        if not part.is_file():
-            pairs = make_batch(b)
-            for c, row in pairs:
-                atomic_write_text(out / row["file"], c.to_cif_string())
-            atomic_write_text(part, "".join(json.dumps(row) + "\n" for _, row in pairs))
-        done(b)
+    missing = [b for b in range(n_batches) if not (parts / f"{b:05d}.jsonl").is_file()]
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(missing) > 1:
+            from xtalforge.device import torch_process_pool
+
+            pool = stack.enter_context(torch_process_pool(min(workers, len(missing))))
+            batches = pool.map(make_batch, missing)  # in order, each written as soon as it and those before it are
+        else:
+            batches = iter(map(make_batch, missing))
+        for b in range(n_batches):
+            if b in missing:  # the batches come in the order of ``missing``
+                pairs = next(batches)
+                for c, row in pairs:
+                    atomic_write_text(out / row["file"], c.to_cif_string())
+                atomic_write_text(parts / f"{b:05d}.jsonl", "".join(json.dumps(row) + "\n" for _, row in pairs))
+            done(b)
     return [json.loads(line) for b in range(n_batches) for line in (parts / f"{b:05d}.jsonl").read_text().splitlines()]
 
 
@@ -303,10 +334,10 @@ def evaluate_generation(folder: str | os.PathLike, reference: str, workers: int 
     metrics["wdist_formation_energy"] = (float(wasserstein_distance(energy.predict(valid), energy.predict(test)))
                                          if valid else None)
     training = list(training_set(reference))
-    novelty = uniqueness_novelty(crystals, training)
+    novelty = uniqueness_novelty(crystals, training, workers)
     metrics.update({k: v for k, v in novelty.items() if not k.endswith("_flags")})
     if stability:
-        stable = stability_proxy(crystals, training)
+        stable = stability_proxy(crystals, training, workers=workers)
         metrics.update({k: v for k, v in stable.items() if not k.endswith("_flags")})
         sun = novelty["unique_flags"] & novelty["novel_flags"] & stable["stable_flags"]
         metrics["sun_proxy"] = 100.0 * sun.sum() / max(1, len(sun))

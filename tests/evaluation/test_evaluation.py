@@ -420,6 +420,42 @@ def test_evaluate_denovo_small(crystals):
     assert result["wdist_density"] > 0
 
 
+def test_uniqueness_and_novelty_equal_comparing_every_pair_with_pymatgen():
+    """The lattice pre-checks only skip pairs StructureMatcher.fit rejects: on strained copies of graphite (from
+    within the matcher's tolerances to far beyond), flags equal a brute-force greedy comparison of all pairs."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from xtalforge.evaluation.denovo import _can_fit, _lattice_shapes, _lattices_map, _reduced, uniqueness_novelty
+
+    graphite = Structure(Lattice.hexagonal(2.46, 6.7), ["C"] * 4,
+                         [[0, 0, 0.25], [0, 0, 0.75], [1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+    rng = np.random.default_rng(0)
+    crystals = []
+    for amount in np.linspace(0.0, 0.35, 36):
+        s = graphite.copy()
+        s.lattice = Lattice(graphite.lattice.matrix @ (np.eye(3) + amount * rng.uniform(-1, 1, (3, 3))))
+        crystals.append(Crystal.from_structure(s))
+    generated, training = crystals[::2], crystals[1::2]
+    matcher = StructureMatcher()
+    gen = [_reduced(c.to_structure())[1] for c in generated]
+    train = [_reduced(c.to_structure())[1] for c in training]
+    unique, kept = [], []
+    for i, s in enumerate(gen):
+        unique.append(not any(matcher.fit(s, gen[j], skip_structure_reduction=True) for j in kept))
+        kept += [i] if unique[-1] else []
+    novel = [not any(matcher.fit(s, t, skip_structure_reduction=True) for t in train) for s in gen]
+    result = uniqueness_novelty(generated, training, workers=2)
+    assert result["unique_flags"].tolist() == unique and result["novel_flags"].tolist() == novel
+    assert 0 < sum(unique) < len(gen) and 0 < sum(novel) < len(gen)  # the case is not trivial either way
+    # the pre-checks do rule out pairs, and never one that fits
+    possible = _can_fit(_lattice_shapes(gen), _lattice_shapes(train))
+    fits = np.array([[matcher.fit(s, t, skip_structure_reduction=True) for t in train] for s in gen])
+    maps = np.array([[_lattices_map(s, t) for t in train] for s in gen])
+    assert not (fits & ~(possible & maps)).any()
+    assert (~possible).any() and (possible & ~maps).any()
+
+
 def test_to_structure_roundtrip(crystals):
     s = to_structure(crystals[1].lattice, crystals[1].frac_coords, crystals[1].numbers)
     assert s.composition.reduced_formula == "SrTiO3"

@@ -169,6 +169,9 @@ def test_generation_folder_resumes_and_refuses_other_runs(model, tmp_path, one_t
     (out / "batches" / "00002.jsonl").unlink()
     (out / "generated.csv").unlink()
     assert generate_to_folder(out, weights=str(weights), n=5, seed=1, batch_size=2).read_text() == first
+    # batches made by two worker processes are the batches one process makes
+    parallel = generate_to_folder(tmp_path / "two", weights=str(weights), n=5, seed=1, batch_size=2, workers=2)
+    assert parallel.read_text() == first
     with pytest.raises(XtalforgeError, match="another run"):
         generate_to_folder(out, weights=str(weights), n=5, seed=2, batch_size=2)
     (out / "notes.txt").write_text("mine")

@@ -62,6 +62,10 @@ def test_batched_energies(perturbed_nacl: Crystal, relaxed: tuple) -> None:
     assert energies[0] == pytest.approx(energies[2], abs=1e-5)
     assert energies[1] == pytest.approx(relaxed.properties["energy_per_atom"], abs=1e-4)
     assert energies[1] < energies[0]
+    # two worker processes give each crystal the energy one process gives it, in the same order
+    several = [perturbed_nacl, relaxed] * 5
+    np.testing.assert_allclose(chgnet_energies(several, batch_size=2, workers=2),
+                               chgnet_energies(several, batch_size=2), atol=1e-5)
 
 
 def test_bad_arguments(perturbed_nacl: Crystal) -> None:

@@ -223,29 +223,104 @@ COV_CUTOFFS = {"mp_20_biternary": (0.4, 10.0), "mpts_52": (0.4, 10.0), "carbon_2
                "perov_5": (0.2, 4.0)}
 
 
-def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal]) -> dict:
+#: pymatgen's default StructureMatcher tolerances, used for uniqueness and novelty
+NOVELTY_LTOL, NOVELTY_STOL, NOVELTY_ANGLE_TOL = 0.2, 0.3, 5.0
+
+
+def _reduced(structure):
+    """What StructureMatcher compares (Niggli, then primitive cell) and its bucket key (reduced formula, sites)."""
+    s = structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
+    return (s.composition.reduced_formula, len(s)), s
+
+
+def _lattice_shapes(structures) -> np.ndarray:
+    """(n, 7) per structure, volume-free (lengths / V^(1/3)): its successive minima (sorted Niggli lengths), its
+    own cell's sorted lengths, and the factor of :func:`_can_fit`'s lower bound for a match onto its cell."""
+    out = np.empty((len(structures), 7))
+    # |cos(t + d) - cos(t)| <= |d|: a spectral-norm bound on how far the matcher lets the cell's angle cosines move
+    drift = np.sqrt(6.0) * np.deg2rad(NOVELTY_ANGLE_TOL)
+    for i, s in enumerate(structures):
+        scale = s.volume ** (1.0 / 3.0)
+        alpha, beta, gamma = np.deg2rad(s.lattice.angles)
+        cosines = np.array([[1.0, np.cos(gamma), np.cos(beta)], [np.cos(gamma), 1.0, np.cos(alpha)],
+                            [np.cos(beta), np.cos(alpha), 1.0]])
+        low, high = np.linalg.eigvalsh(cosines)[[0, -1]]
+        out[i, :3] = np.sort(s.lattice.get_niggli_reduced_lattice().abc) / scale
+        out[i, 3:6] = np.sort(s.lattice.abc) / scale
+        out[i, 6] = np.sqrt(max(0.0, low - drift) / ((1.0 + NOVELTY_LTOL) ** 2 * high))
+    return out
+
+
+def _can_fit(shape_a: np.ndarray, shape_b: np.ndarray) -> np.ndarray:
+    """(n, m) False where ``StructureMatcher.fit(a, b)`` (same sites, no supercell, volumes scaled) cannot be True,
+    from :func:`_lattice_shapes` rows.
+
+    The matcher needs a basis v of ``a``'s lattice within a factor ``1 + ltol`` of the lengths of ``b``'s cell and
+    within ``angle_tol`` of its angles. Upper bound: the k-th successive minimum of ``a`` is below ``1 + ltol``
+    times the k-th shortest length of ``b``. Lower bound: for every integer x, |sum x_j v_j| >= c |sum x_j b_j| with
+    c^2 = (lambda_min(C_b) - drift) / ((1 + ltol)^2 lambda_max(C_b)) (C_b: the cosine matrix of ``b``'s angles), so
+    the minima of ``a`` are at least c times those of ``b``. Both are necessary conditions: skipping the pairs they
+    rule out changes no answer."""
+    margin = 1.0 + 1e-6  # covers pymatgen's Niggli tolerance and rounding
+    minima_a, minima_b = shape_a[:, None, :3], shape_b[None, :, :3]
+    below = np.all(minima_a < margin * (1.0 + NOVELTY_LTOL) * shape_b[None, :, 3:6], axis=2)
+    above = np.all(minima_a * margin > shape_b[None, :, 6:7] * minima_b, axis=2)
+    return below & above
+
+
+def _matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(ltol=NOVELTY_LTOL, stol=NOVELTY_STOL, angle_tol=NOVELTY_ANGLE_TOL)
+
+
+def _lattices_map(a, b) -> bool:
+    """True if the first step of ``StructureMatcher.fit(a, b, skip_structure_reduction=True)`` succeeds: after
+    scaling both cells to a common volume as the matcher does, ``a``'s lattice has a basis within its length and
+    angle tolerances of ``b``'s cell (:func:`~xtalforge.evaluation.matching.lattice_mappings`, pymatgen's search
+    without the structure copies ``fit`` makes, most of its cost). Where it fails, ``fit`` is False."""
+    from xtalforge.evaluation.matching import lattice_mappings
+
+    ratio = (b.volume / a.volume) ** (1.0 / 6.0)
+    return len(lattice_mappings(a.lattice.matrix * ratio, b.lattice.matrix / ratio, NOVELTY_LTOL,
+                                NOVELTY_ANGLE_TOL)) > 0
+
+
+def _matches_task(task: tuple) -> list[list[int]]:
+    """For each row structure, the columns ``StructureMatcher.fit(row, column)`` is True for. ``"unique"``: all
+    matching columns before the row's own place ``first + r`` in the same bucket; ``"novel"``: the first match only.
+    The lattice checks (:func:`_can_fit`, :func:`_lattices_map`) skip pairs the matcher would reject."""
+    kind, rows, cols, row_shapes, col_shapes, first = task
+    matcher = _matcher()
+    possible = _can_fit(row_shapes, col_shapes)
+    out = []
+    for r, s in enumerate(rows):
+        found: list[int] = []
+        for j in np.nonzero(possible[r, : first + r if kind == "unique" else len(cols)])[0]:
+            if _lattices_map(s, cols[j]) and matcher.fit(s, cols[j], skip_structure_reduction=True):
+                found.append(int(j))
+                if kind == "novel":
+                    break
+        out.append(found)
+    return out
+
+
+def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal], workers: int = 1,
+                       chunk: int = 100) -> dict:
     """Share (percent) of generated crystals that are unique (the first of each group of samples StructureMatcher
     calls the same) and novel (matching no training crystal), with pymatgen's default StructureMatcher tolerances
     (ltol 0.2, stol 0.3, angle 5).
 
     Each structure is reduced once, as the matcher reduces it (Niggli, then primitive), and compared only with those
-    of the same reduced formula and the same number of reduced sites: the matcher (no supercells) never matches
-    others, so the result is that of comparing all pairs, at a fraction of the cost (all Carbon-24 samples share one
-    formula)."""
+    of the same reduced formula and the same number of reduced sites, and only where the lattices allow a match
+    (:func:`_can_fit`, then :func:`_lattices_map`): the matcher (no supercells) would answer False for every pair
+    skipped, so the result is that of comparing all pairs, at a fraction of the cost (all Carbon-24 samples share
+    one formula). The pairs are checked in chunks of ``chunk`` samples shared by ``workers`` processes; a sample is
+    then unique (greedily, in sample order) if no earlier unique sample matches it.
+    """
     from collections import defaultdict
 
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    matcher = StructureMatcher()
-
-    def reduced(structure):
-        s = structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
-        return (s.composition.reduced_formula, len(s)), s
-
-    def same(a, b) -> bool:
-        return matcher.fit(a, b, skip_structure_reduction=True)
-
-    structs = [reduced(c.to_structure()) for c in generated]
+    structs = [_reduced(c.to_structure()) for c in generated]
     wanted = {formula for (formula, _), _ in structs}
     by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, (key, _) in enumerate(structs):
@@ -253,18 +328,44 @@ def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal]
     train_by_key: dict[tuple[str, int], list] = defaultdict(list)
     for c in training:
         if (t := c.to_structure()).composition.reduced_formula in wanted:  # only a sampled formula can match
-            key, s = reduced(t)
+            key, s = _reduced(t)
             train_by_key[key].append(s)
-    unique = np.zeros(len(structs), dtype=bool)
-    novel = np.ones(len(structs), dtype=bool)
+
+    tasks, places = [], []  # places: (kind, bucket key, first row) of each task
     for key, idx in by_key.items():
-        kept: list[int] = []
-        for i in idx:
-            s = structs[i][1]
-            if not any(same(s, structs[j][1]) for j in kept):
-                kept.append(i)
-                unique[i] = True
-            novel[i] = not any(same(s, t) for t in train_by_key.get(key, []))
+        bucket = [structs[i][1] for i in idx]
+        shapes = _lattice_shapes(bucket)
+        train = train_by_key.get(key, [])
+        train_shapes = _lattice_shapes(train) if train else np.zeros((0, 7))
+        for first in range(0, len(idx), chunk):
+            last = min(len(idx), first + chunk)
+            tasks.append(("unique", bucket[first:last], bucket[:last], shapes[first:last], shapes[:last], first))
+            places.append(("unique", key, first))
+            if train:
+                tasks.append(("novel", bucket[first:last], train, shapes[first:last], train_shapes, 0))
+                places.append(("novel", key, first))
+    cost = [len(t[1]) * len(t[2]) for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda k: -cost[k])  # the largest first, so that the workers end together
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            found = dict(zip(order, pool.map(_matches_task, [tasks[k] for k in order])))
+    else:
+        found = {k: _matches_task(tasks[k]) for k in order}
+
+    earlier: dict[tuple, list[list[int]]] = defaultdict(list)  # per bucket: the earlier samples each one matches
+    novel = np.ones(len(structs), dtype=bool)
+    for k, (kind, key, first) in sorted(enumerate(places), key=lambda p: (p[1][0], str(p[1][1]), p[1][2])):
+        if kind == "unique":
+            earlier[key] += found[k]
+        else:
+            for r, matches in enumerate(found[k]):
+                novel[by_key[key][first + r]] = not matches
+    unique = np.zeros(len(structs), dtype=bool)
+    for key, idx in by_key.items():
+        flags = np.zeros(len(idx), dtype=bool)
+        for r, matches in enumerate(earlier[key]):
+            flags[r] = not any(flags[j] for j in matches)
+        unique[idx] = flags
     n = max(1, len(structs))
     return {"unique": 100.0 * unique.sum() / n, "novel": 100.0 * novel.sum() / n,
             "unique_and_novel": 100.0 * (unique & novel).sum() / n, "unique_flags": unique, "novel_flags": novel}
@@ -288,18 +389,20 @@ def share_above_p1(crystals: Sequence[Crystal], symprec: float = 0.1) -> float:
 
 
 def stability_proxy(generated: Sequence[Crystal], training: Sequence[Crystal], threshold: float = 0.1,
-                    threads: int | None = None) -> dict:
+                    threads: int | None = None, workers: int = 1) -> dict:
     """A S.U.N.-style stability proxy (not a convex hull): a sample counts as stable when its CHGNet static energy
     per atom is within ``threshold`` eV/atom of the lowest CHGNet energy found for its reduced formula among the
-    training crystals and the samples. Returns the percentage and the per-sample flags (NaN energies are unstable)."""
+    training crystals and the samples. Returns the percentage and the per-sample flags (NaN energies are unstable).
+    ``workers``: CHGNet processes (:func:`~xtalforge.relax.chgnet.chgnet_energies`)."""
     from xtalforge.relax.chgnet import chgnet_energies
 
     formulas = [c.to_structure().composition.reduced_formula for c in generated]
     wanted = set(formulas)
     same = [(c, f) for c in training if (f := c.to_structure().composition.reduced_formula) in wanted]
-    e_gen = chgnet_energies(list(generated), threads=threads, desc="CHGNet (samples)")
-    e_train = (chgnet_energies([c for c, _ in same], threads=threads, desc="CHGNet (training)") if same
-               else np.array([]))
+    # one call, so that the worker processes start once
+    energies = chgnet_energies([c for c, _ in same] + list(generated), threads=threads, desc="CHGNet",
+                               workers=workers)
+    e_train, e_gen = energies[: len(same)], energies[len(same):]
     lowest: dict[str, float] = {}
     for f, e in zip([f for _, f in same] + formulas, np.concatenate([e_train, e_gen])):
         if np.isfinite(e):

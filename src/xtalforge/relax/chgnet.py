@@ -166,13 +166,36 @@ def relax(
 
 
 def chgnet_energies(
-    crystals: Sequence[Crystal | Any], batch_size: int = 16, threads: int | None = None, desc: str | None = None
+    crystals: Sequence[Crystal | Any], batch_size: int = 16, threads: int | None = None, desc: str | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """(len(crystals),) CHGNet energies in eV/atom of unrelaxed crystals, evaluated in batches.
 
     A crystal CHGNet cannot evaluate (e.g. an atom with no neighbour within its 5 Angstrom cutoff) gets NaN.
-    ``desc``: show a progress bar with this label (on a terminal only).
+    ``desc``: show a progress bar with this label (on a terminal only). ``workers`` > 1: that many processes of one
+    torch thread each share the crystals (CHGNet's graph building is single-threaded Python, so processes scale
+    where threads do not).
     """
+    from tqdm.auto import tqdm
+
+    if workers > 1 and len(crystals) > 4 * batch_size:
+        from xtalforge.device import torch_process_pool
+
+        parts = np.array_split(np.arange(len(crystals)), workers)
+        with torch_process_pool(workers) as pool:
+            results = pool.map(_energies_part, [[_as_crystal(crystals[i]) for i in p] for p in parts],
+                               [batch_size] * workers)
+            return np.concatenate(list(tqdm(results, total=workers, desc=desc, unit="part", leave=False,
+                                            disable=None if desc else True)))
+    return _energies(crystals, batch_size, threads, desc)
+
+
+def _energies_part(crystals: list[Crystal], batch_size: int) -> np.ndarray:
+    return _energies(crystals, batch_size, threads=1, desc=None)
+
+
+def _energies(crystals: Sequence[Crystal | Any], batch_size: int, threads: int | None, desc: str | None
+              ) -> np.ndarray:
     import torch
     from tqdm.auto import tqdm
 

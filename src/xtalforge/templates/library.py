@@ -79,14 +79,16 @@ class TemplateLibrary:
     _index: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.lattices = np.asarray(self.lattices, dtype=np.float64).reshape(-1, 3, 3)
-        self.frac_coords = np.asarray(self.frac_coords, dtype=np.float64).reshape(-1, 3)
+        # float32 precision, as a saved library stores it: a freshly built library and its cached copy then give
+        # the same candidates to the last decimal (a resumed evaluation must not depend on which one it got)
+        self.lattices = np.asarray(self.lattices, dtype=np.float32).astype(np.float64).reshape(-1, 3, 3)
+        self.frac_coords = np.asarray(self.frac_coords, dtype=np.float32).astype(np.float64).reshape(-1, 3)
         self.numbers = np.asarray(self.numbers, dtype=np.int64)
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.ids = np.asarray(self.ids).astype(str)
-        self.energy = np.asarray(self.energy, dtype=np.float64)
+        self.energy = np.asarray(self.energy, dtype=np.float32).astype(np.float64)
         self.energy_source = np.asarray(self.energy_source, dtype=np.int64)
-        self.e_above_hull = np.asarray(self.e_above_hull, dtype=np.float64)
+        self.e_above_hull = np.asarray(self.e_above_hull, dtype=np.float32).astype(np.float64)
         self.spacegroup = np.asarray(self.spacegroup, dtype=np.int64)
         self.wyckoffs = np.asarray(self.wyckoffs).astype("<U1")
         self.energy_columns = tuple(self.energy_columns)

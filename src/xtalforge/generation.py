@@ -166,7 +166,7 @@ def _write_batches(out: Path, n_batches: int, make_batch: Callable[[int], list[t
             pool = stack.enter_context(torch_process_pool(min(workers, len(missing))))
             batches = pool.map(make_batch, missing)  # in order, each written as soon as it and those before it are
         else:
-            batches = iter(map(make_batch, missing))
+            batches = map(make_batch, missing)
         for b in range(n_batches):
             if b in missing:  # the batches come in the order of ``missing``
                 pairs = next(batches)

@@ -354,7 +354,7 @@ def uniqueness_novelty(generated: Sequence[Crystal], training: Sequence[Crystal]
 
     earlier: dict[tuple, list[list[int]]] = defaultdict(list)  # per bucket: the earlier samples each one matches
     novel = np.ones(len(structs), dtype=bool)
-    for k, (kind, key, first) in sorted(enumerate(places), key=lambda p: (p[1][0], str(p[1][1]), p[1][2])):
+    for k, (kind, key, first) in enumerate(places):  # each bucket's uniqueness chunks were made in row order
         if kind == "unique":
             earlier[key] += found[k]
         else:
